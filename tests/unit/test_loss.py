@@ -1,0 +1,209 @@
+"""frpo_loss against a slow float64 transcription of frpo-method.md, plus its limits and edge cases."""
+
+import pytest
+import torch
+
+from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss
+
+
+def _log_mean_exp(xs: list[torch.Tensor]) -> torch.Tensor:
+    """log((1/n) Σ exp(x)) with an explicit max shift: the textbook formula, one scalar at a time."""
+    m = max(x.detach().item() for x in xs)
+    return m + torch.log(sum(torch.exp(x - m) for x in xs) / len(xs))
+
+
+def reference_loss(logps, old_logps, advantages, mask, group_ids, lam, eps_low=0.2, eps_high=0.2,
+                   jackknife=True, baseline=True):
+    """The formulas of frpo-method.md §2 written out with loops, in float64."""
+    logps, old_logps, advantages = logps.double(), old_logps.double(), advantages.double()
+    rho = []
+    for i in range(logps.shape[0]):
+        tokens = [t for t in range(logps.shape[1]) if mask[i, t]]
+        ratios = [torch.exp(logps[i, t] - old_logps[i, t]) for t in tokens]
+        clipped = [torch.minimum(r, torch.clamp(r, 1 - eps_low, 1 + eps_high)) for r in ratios]
+        rho.append(sum(clipped) / len(clipped))
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids.tolist()):
+        groups.setdefault(g, []).append(i)
+    J, rho_means = [], []
+    for members in groups.values():
+        n = len(members)
+        log_w = [torch.log(rho[i]) - advantages[i] / lam for i in members]
+        log_u = _log_mean_exp(log_w)
+        if jackknife and n > 1:
+            loo = [_log_mean_exp(log_w[:k] + log_w[k + 1:]) for k in range(n)]
+            J.append(n * log_u - (n - 1) / n * sum(loo))
+        else:
+            J.append(log_u)
+        rho_means.append(sum(rho[i] for i in members) / n)
+    objective = sum(J) / len(J)
+    if baseline:
+        objective = objective - sum(rho_means) / len(rho_means)
+    return max(lam, 1.0) * objective
+
+
+def make_batch(n_groups=3, n=4, T=5, adv_scale=1.0, seed=0, dtype=torch.float32, shuffle=True):
+    g = torch.Generator().manual_seed(seed)
+    B = n_groups * n
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    logps = old + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    rewards = torch.randn(B, generator=g, dtype=torch.float64) * adv_scale
+    group_ids = torch.arange(n_groups).repeat_interleave(n) * 7 + 3  # arbitrary, non-contiguous ids
+    adv = rewards - rewards.view(n_groups, n).mean(1).repeat_interleave(n)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask &= torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    if shuffle:
+        perm = torch.randperm(B, generator=g)
+        old, logps, adv, mask, group_ids = old[perm], logps[perm], adv[perm], mask[perm], group_ids[perm]
+    cast = lambda t: t.to(dtype).double()  # noqa: E731 - the reference sees exactly what the loss sees
+    return cast(logps), cast(old), cast(adv), mask, group_ids, dtype
+
+
+def _value_and_grad(fn, logps, *args, **kw):
+    x = logps.clone().requires_grad_(True)
+    out = fn(x, *args, **kw)
+    (grad,) = torch.autograd.grad(out, x)
+    return out.detach().double(), grad.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lam", [0.01, 0.1, 1.0, 10.0, 100.0])
+@pytest.mark.parametrize("adv_scale", [1.0, 50.0])
+@pytest.mark.parametrize("jackknife", [True, False])
+def test_matches_float64_reference(dtype, lam, adv_scale, jackknife):
+    logps, old, adv, mask, gid, dtype = make_batch(adv_scale=adv_scale, seed=int(lam * 100) + 1)
+    adv = adv.clamp(-50, 50)
+    ref_v, ref_g = _value_and_grad(reference_loss, logps, old, adv, mask, gid, lam, jackknife=jackknife)
+    got_v, got_g = _value_and_grad(
+        lambda x, *a, **k: frpo_loss(x.to(dtype), *a, **k),
+        logps, old.to(dtype), adv.to(dtype), mask, gid, lam, jackknife=jackknife)
+    assert torch.isfinite(got_v) and torch.isfinite(got_g).all()
+    # float32 logsumexp of terms up to |A|/λ = 5000 carries ~1e-3 absolute error; the gradient (softmax
+    # weights) stays accurate relative to its own scale.
+    scale_v = max(1.0, abs(ref_v.item()), adv_scale / lam * 1e-3)
+    assert abs(got_v.item() - ref_v.item()) <= 2e-4 * scale_v * (8 if jackknife else 1)
+    assert torch.allclose(got_g, ref_g, rtol=1e-3, atol=1e-4 * ref_g.abs().max().item() + 1e-7)
+
+
+def test_net_weights_at_rho_one_are_softmax_minus_uniform():
+    # At logps == old_logps every ρ_i = 1 and (without jackknife) d loss / d logp_it is
+    # s/G · (softmax_i(−A/λ) − 1/n) / T_i: good completions pushed up, bad ones down.
+    logps, _, adv, mask, gid, _ = make_batch(n_groups=2, n=4, shuffle=False)
+    lam = 0.5
+    _, grad = _value_and_grad(frpo_loss, logps, logps.clone(), adv, mask, gid, lam, jackknife=False)
+    w = frpo_weights(adv, gid, lam)
+    expected = max(lam, 1) / 2 * (w - 0.25) / mask.sum(1)
+    assert torch.allclose(grad, expected.unsqueeze(1) * mask, atol=1e-12)
+    per_row = grad.sum(1) * mask.sum(1)  # undo the 1/T_i token mean
+    for g in gid.unique():
+        rows = gid == g
+        order = torch.argsort(adv[rows])
+        assert (per_row[rows][order].diff() < 0).all()  # better completions are pushed up harder
+        assert per_row[rows][order[0]] > 0 > per_row[rows][order[-1]]
+
+
+def test_large_lambda_gives_grpo_gradient():
+    # On-policy (ρ = 1, TRL's num_iterations=1 case), where frpo-method.md states the limit.
+    logps, _, adv, mask, gid, _ = make_batch(n_groups=4, n=8, T=6, dtype=torch.float64, seed=3)
+    old = logps.clone()
+    for lam in (1e3, 1e5):
+        _, g_frpo = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, lam, jackknife=False)
+        _, g_grpo = _value_and_grad(grpo_loss, logps, old, adv, mask)
+        rel = (g_frpo - g_grpo).norm() / g_grpo.norm()
+        assert rel < 30 / lam, (lam, rel)  # the gap shrinks like 1/λ
+    cos = torch.nn.functional.cosine_similarity(g_frpo.flatten(), g_grpo.flatten(), dim=0)
+    assert cos > 0.9999
+
+
+def test_small_lambda_focuses_on_worst_completion():
+    logps, _, adv, mask, gid, _ = make_batch(n_groups=1, n=6, shuffle=False, dtype=torch.float64)
+    w = frpo_weights(adv, gid, 0.01)
+    assert w[adv.argmin()] > 0.999
+
+
+def test_dominated_group_stays_finite_and_exact():
+    # One completion dominates exp(−A/λ) by e^5000: log(sum − e_i) would cancel to 0 here.
+    logps, old, _, mask, gid, _ = make_batch(n_groups=1, n=4, shuffle=False)
+    adv = torch.tensor([-50.0, 20.0, 15.0, 15.0], dtype=torch.float64)
+    ref_v, ref_g = _value_and_grad(reference_loss, logps, old, adv, mask, gid, 0.01)
+    got_v, got_g = _value_and_grad(
+        lambda x, *a, **k: frpo_loss(x.float(), *a, **k), logps, old.float(), adv.float(), mask, gid, 0.01)
+    assert torch.isfinite(got_g).all()
+    assert abs(got_v.item() - ref_v.item()) < 0.05  # |J| ~ 1e4: float32 resolution
+    assert torch.allclose(got_g, ref_g, atol=1e-4)
+
+
+def test_one_completion_groups():
+    logps, old, adv, mask, _, _ = make_batch(n_groups=1, n=5, shuffle=False, dtype=torch.float64)
+    gid = torch.arange(5)
+    adv = torch.zeros(5, dtype=torch.float64)  # a group of one has advantage 0
+    for jk in (True, False):
+        got_v, got_g = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, 0.5, jackknife=jk)
+        ref_v, ref_g = _value_and_grad(reference_loss, logps, old, adv, mask, gid, 0.5, jackknife=jk)
+        assert torch.isfinite(got_g).all()
+        assert torch.allclose(got_v, ref_v) and torch.allclose(got_g, ref_g)
+
+
+def test_masked_tokens_are_ignored():
+    logps, old, adv, mask, gid, _ = make_batch(dtype=torch.float64)
+    noisy = torch.where(mask, logps, logps + 5 * torch.randn_like(logps))
+    v1, g1 = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, 0.3)
+    v2, g2 = _value_and_grad(frpo_loss, noisy, old, adv, mask, gid, 0.3)
+    assert torch.allclose(v1, v2)
+    assert (g2[~mask] == 0).all()
+
+
+def test_fully_masked_row_is_finite():
+    logps, old, adv, mask, gid, _ = make_batch(dtype=torch.float64)
+    mask[0] = False
+    v, g = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, 0.3)
+    assert torch.isfinite(v) and torch.isfinite(g).all()
+
+
+def test_row_order_does_not_matter():
+    logps, old, adv, mask, gid, _ = make_batch(dtype=torch.float64, shuffle=False)
+    perm = torch.randperm(len(gid), generator=torch.Generator().manual_seed(1))
+    a = frpo_loss(logps, old, adv, mask, gid, 0.2)
+    b = frpo_loss(logps[perm], old[perm], adv[perm], mask[perm], gid[perm], 0.2)
+    assert torch.allclose(a, b)
+
+
+def test_group_ids_are_exact_not_positional():
+    # Same rows, different grouping: the loss must change (ids define groups, not row positions).
+    logps, old, adv, mask, gid, _ = make_batch(n_groups=2, n=4, dtype=torch.float64, shuffle=False)
+    regrouped = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    assert not torch.allclose(frpo_loss(logps, old, adv, mask, gid, 0.2),
+                              frpo_loss(logps, old, adv, mask, regrouped, 0.2))
+
+
+def test_baseline_term_and_scale():
+    logps, old, adv, mask, gid, _ = make_batch(dtype=torch.float64)
+    for lam in (0.5, 4.0):
+        with_b = frpo_loss(logps, old, adv, mask, gid, lam)
+        without = frpo_loss(logps, old, adv, mask, gid, lam, baseline=False)
+        ref = reference_loss(logps, old, adv, mask, gid, lam, baseline=False)
+        assert torch.allclose(without, ref)
+        assert torch.allclose(with_b, reference_loss(logps, old, adv, mask, gid, lam))
+        assert with_b < without  # the baseline subtracts s · mean ρ > 0
+
+
+def test_output_is_scalar_float32_for_bf16_input():
+    logps, old, adv, mask, gid, _ = make_batch()
+    out = frpo_loss(logps.bfloat16(), old.bfloat16(), adv.bfloat16(), mask, gid, 1.0)
+    assert out.dim() == 0 and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("lam", [0.0, -1.0])
+def test_rejects_non_positive_lambda(lam):
+    logps, old, adv, mask, gid, _ = make_batch()
+    with pytest.raises(ValueError, match=f"lambda > 0, got {lam}"):
+        frpo_loss(logps, old, adv, mask, gid, lam)
+
+
+def test_rejects_float_group_ids_and_bad_shapes():
+    logps, old, adv, mask, gid, _ = make_batch()
+    with pytest.raises(TypeError, match="integer"):
+        frpo_loss(logps, old, adv, mask, gid.float(), 1.0)
+    with pytest.raises(ValueError, match="advantages"):
+        frpo_loss(logps, old, adv[:-1], mask, gid, 1.0)

@@ -1,0 +1,225 @@
+"""Base-model preparation: the built-in tiny model, a local path, or a Hugging Face snapshot.
+
+The built-in source needs no network: a byte-level BPE tokenizer is trained on the toy corpus, a tiny
+Llama-style causal LM is initialised from a seed and pre-trained on the same corpus (where harmful
+prompts mostly get compliance: an unaligned base that alignment can fix), and both are saved with
+`save_pretrained`. Large models are not copied: their output directory holds `model_ref.json`
+pointing at the local path or hub snapshot, and `resolve_model_path` follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REF_FILE = "model_ref.json"
+
+# Chat markup of the tiny model. One template for pre-training, alignment, fine-tuning and evaluation,
+# so the prompt format never shifts between stages. Assistant turns end in <|end|>, the eos token.
+SPECIAL_TOKENS = {"user": "<|user|>", "assistant": "<|assistant|>", "eos": "<|end|>", "pad": "<|pad|>"}
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}<|{{ message['role'] }}|>{{ message['content'] }}"
+    "{%- if message['role'] == 'assistant' -%}<|end|>{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape and pre-training schedule of the built-in model (sizes from config.yaml's base_model)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 128
+    pretrain_epochs: float = 6.0
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_frac: float = 0.05
+    seed: int = 0
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts`, with the chat markup as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not texts:
+        raise ValueError("cannot train a tokenizer on an empty corpus")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL_TOKENS["pad"], SPECIAL_TOKENS["eos"], SPECIAL_TOKENS["user"], SPECIAL_TOKENS["assistant"]],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        additional_special_tokens=[SPECIAL_TOKENS["user"], SPECIAL_TOKENS["assistant"]],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+    )
+
+
+def build_tiny_model(tokenizer, cfg: TinyModelConfig):
+    """A freshly initialised Llama-style causal LM sized by `cfg`, seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,  # at this size the embedding is a third of the parameters
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def chat_text(tokenizer, prompt: str, completion: str) -> str:
+    """One training example in the model's chat format."""
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=print) -> dict:
+    """Causal-LM pre-training on (prompt, completion) records; returns loss statistics.
+
+    A plain loop rather than a Trainer: the model is ~1M parameters and per-step overhead dominates.
+    The loss covers the whole chat text, so the model also learns the prompt distribution.
+    """
+    if not records:
+        raise ValueError("pre-training corpus is empty")
+    texts = [chat_text(tokenizer, r["prompt"], r["completion"]) for r in records]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    limit = model.config.max_position_embeddings
+    too_long = [i for i, x in enumerate(ids) if len(x) > limit]
+    if too_long:
+        raise ValueError(f"pre-training record {too_long[0]} has {len(ids[too_long[0]])} tokens > {limit}")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    steps = max(1, math.ceil(len(ids) * cfg.pretrain_epochs / cfg.batch_size))
+    warmup = max(1, int(cfg.warmup_frac * steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    model.train()
+    order: list[int] = []
+    losses = []
+    for step in range(steps):
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(ids)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [ids[i] for i in order[: cfg.batch_size]]
+        del order[: cfg.batch_size]
+        width = max(len(x) for x in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, x in enumerate(batch):
+            input_ids[row, : len(x)] = torch.tensor(x)
+            attn[row, : len(x)] = 1
+        labels = input_ids.masked_fill(attn == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"pretrain step {step + 1}/{steps} loss {loss.item():.4f}")
+    model.eval()
+    tail = losses[-max(1, steps // 10):]
+    return {"steps": steps, "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
+
+
+def build_tiny_base_model(records: list[dict], out_dir: str | Path, cfg: TinyModelConfig, log=print) -> dict:
+    """Train tokenizer + tiny model on the corpus and save both to `out_dir`; returns a summary."""
+    texts = [f"{r['prompt']} {r['completion']}" for r in records]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    model = build_tiny_model(tokenizer, cfg)
+    stats = pretrain(model, tokenizer, records, cfg, log=log)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"source": "tiny", "parameters": n_params, "vocab_size": len(tokenizer), **stats}
+
+
+def snapshot(repo_id: str, revision: str | None) -> dict:
+    """Download (or find in the cache, under HF_HUB_OFFLINE=1) a hub model; returns its path and commit."""
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(repo_id=repo_id, revision=revision)
+    # The snapshot folder is named after the resolved commit hash: record it so the run is pinned.
+    return {"source": "hf", "repo_id": repo_id, "revision": revision, "commit": Path(path).name, "path": path}
+
+
+def write_model_ref(out_dir: str | Path, ref: dict) -> None:
+    """Point `out_dir` at a model stored elsewhere (a local path or a hub snapshot)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REF_FILE).write_text(json.dumps(ref, indent=2))
+
+
+def resolve_model_path(path: str | Path) -> str:
+    """The directory holding a model's weights: `path` itself, or where its model_ref.json points."""
+    path = Path(path)
+    ref = path / REF_FILE
+    if ref.exists():
+        return json.loads(ref.read_text())["path"]
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no model at {path}: neither config.json, adapter_config.json nor {REF_FILE}")
+    return str(path)
+
+
+def check_tokenizer(tokenizer, where: str) -> None:
+    """Fail early on a tokenizer the trainers cannot batch with."""
+    if tokenizer.pad_token is None:
+        raise ValueError(
+            f"tokenizer of {where} has no pad token; set base_model.pad_token in config "
+            f"(e.g. its eos token {tokenizer.eos_token!r}) or use a tokenizer that defines one")
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer of {where} has no chat template; prompts are formatted as chat turns")
+
+
+def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", pad_token: str | None = None):
+    """Load a causal LM (or a saved peft adapter on its base) and its tokenizer from a stage directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = resolve_model_path(path)
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if pad_token is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = pad_token
+    check_tokenizer(tokenizer, str(path))
+    torch_dtype = getattr(torch, dtype)
+    if os.path.exists(os.path.join(weights, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(weights, dtype=torch_dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype)
+    return model, tokenizer

@@ -1,0 +1,209 @@
+"""Training runs from config: GRPO/FRPO policy optimisation and SFT, with LoRA and resume.
+
+Alignment (GRPO or FRPO on the safety/helpfulness rewards) and the RL downstream regime (GRPO on a
+task reward) both go through `run_policy_optimisation`; SFT regimes through `run_sft`. Each run
+writes checkpoints to its own folder and resumes from the newest one when restarted, then saves the
+final model (or LoRA adapter) with its tokenizer to the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .base_model import load_model_and_tokenizer
+from .data.loaders import to_dataset
+from .judges import build_judge
+from .trainer import FRPOSettings, FRPOTrainer
+
+log = logging.getLogger(__name__)
+
+
+def _from_dict(cls, values: dict, where: str):
+    """Build a config dataclass, naming any unknown key (typos must not pass silently)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class CommonTrainConfig:
+    """Settings shared by every training run."""
+
+    lr: float = 1e-4
+    steps: int = 100
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "constant_with_warmup"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    lora: dict | None = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules, ...); None = full fine-tune
+    save_steps: int = 50  # checkpoint period, for resume after a kill
+    logging_steps: int = 5
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class PolicyConfig(CommonTrainConfig):
+    """GRPO/FRPO settings (frpo-method.md §2 and §5)."""
+
+    method: str = "grpo"  # "grpo" or "frpo"
+    lam: float | None = None  # FRPO's λ; required for frpo
+    beta: float = 0.0  # KL-to-reference coefficient
+    jackknife: bool = True
+    baseline: bool = True
+    rewards: list = field(default_factory=lambda: ["safety", "helpfulness"])  # judge names/specs
+    reward_weights: list | None = None
+    num_generations: int = 8
+    prompts_per_step: int = 4  # per process; the batch is prompts_per_step x num_generations rows
+    max_completion_length: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    scale_rewards: str = "group"  # GRPO only; FRPO always uses raw advantages ("none")
+
+    def __post_init__(self):
+        if self.method not in ("grpo", "frpo"):
+            raise ValueError(f"unknown method {self.method!r}; known: 'grpo', 'frpo'")
+        if self.method == "frpo":
+            if self.lam is None or not self.lam > 0:
+                raise ValueError(f"FRPO needs lambda > 0, got lam={self.lam}")
+            self.scale_rewards = "none"
+
+
+@dataclass
+class SFTRunConfig(CommonTrainConfig):
+    """Supervised fine-tuning settings (completion-only loss on prompt/completion pairs)."""
+
+    batch_size: int = 16
+    max_length: int = 128
+
+
+def policy_config(values: dict, where: str = "policy config") -> PolicyConfig:
+    return _from_dict(PolicyConfig, values, where)
+
+
+def sft_config(values: dict, where: str = "sft config") -> SFTRunConfig:
+    return _from_dict(SFTRunConfig, values, where)
+
+
+def _device_args(cfg: CommonTrainConfig) -> dict:
+    on_gpu = torch.cuda.is_available()
+    # bf16 on a CPU is ~4x slower than float32 here, and TRL on CPU needs use_cpu=True.
+    return {"use_cpu": not on_gpu, "bf16": cfg.bf16 and on_gpu}
+
+
+def _common_args(cfg: CommonTrainConfig, checkpoint_dir: Path) -> dict:
+    return dict(
+        output_dir=str(checkpoint_dir),
+        learning_rate=cfg.lr,
+        max_steps=cfg.steps,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to="none",  # tracking goes through frpo_workflow.tracking's callback
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        disable_tqdm=True,
+        **_device_args(cfg),
+    )
+
+
+def _peft_config(cfg: CommonTrainConfig):
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete `checkpoint-N` folder, if a killed run left one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+
+
+def _finish(trainer, tokenizer, out_dir: Path, resume: str | None) -> dict:
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out_dir))  # the adapter only, for LoRA; full weights otherwise
+    tokenizer.save_pretrained(str(out_dir))
+    history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+    return {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
+            "resumed_from": resume, "log_history": history}
+
+
+def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, out_dir, checkpoint_dir,
+                            callbacks=()) -> dict:
+    """GRPO or FRPO from the model in `model_dir` on prompt `records`; saves to `out_dir`."""
+    from trl import GRPOConfig
+
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    args = GRPOConfig(
+        **_common_args(cfg, checkpoint_dir),
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,  # whole groups per loss call (see trainer.check_whole_groups)
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.eps_low,
+        epsilon_high=cfg.eps_high,
+        loss_type="grpo",
+        scale_rewards=cfg.scale_rewards,
+        reward_weights=cfg.reward_weights,
+        log_completions=False,
+    )
+    frpo = FRPOSettings(cfg.lam, cfg.jackknife, cfg.baseline) if cfg.method == "frpo" else None
+    trainer = FRPOTrainer(
+        model=model,
+        reward_funcs=[build_judge(spec) for spec in cfg.rewards],
+        args=args,
+        train_dataset=to_dataset(records, conversational=True),
+        processing_class=tokenizer,
+        peft_config=_peft_config(cfg),
+        callbacks=list(callbacks),
+        frpo=frpo,
+    )
+    return _finish(trainer, tokenizer, out_dir, last_checkpoint(checkpoint_dir))
+
+
+def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=()) -> dict:
+    """Supervised fine-tuning with a completion-only loss on (prompt, completion) `records`."""
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    args = SFTConfig(
+        **_common_args(cfg, checkpoint_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(records, conversational=True),
+        processing_class=tokenizer,
+        peft_config=_peft_config(cfg),
+        callbacks=list(callbacks),
+    )
+    return _finish(trainer, tokenizer, out_dir, last_checkpoint(checkpoint_dir))
