@@ -1,0 +1,68 @@
+"""What every stage CLI shares: arguments, logging, the tracked job (MLflow run + provenance.json).
+
+A job's output directory is complete when its provenance.json exists: it is written last, after the
+job body succeeded, and carries the MLflow run id that downstream jobs link to as their parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..provenance import upstream_run_id, write_provenance
+from ..tracking import config_hash, start_job_run
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--spec", required=True, help="this job's settings as JSON (the config slice it depends on)")
+    p.add_argument("--job", default="{}", help="JSON: experiment, results_dir, rule, wildcards (for tracking)")
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def is_main_process() -> bool:
+    """Rank 0 of an accelerate/torchrun launch (or a plain process): the one that tracks and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup_logging() -> logging.Logger:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger("frpo_workflow")
+
+
+@contextmanager
+def tracked_job(args, inputs: dict[str, str], extra: dict | None = None):
+    """Run the job body inside an MLflow run; on success write provenance.json into --out.
+
+    `inputs` maps names to upstream files/directories; upstream MLflow run ids are read from their
+    provenance.json, the first becoming this run's parent. Yields (run, spec, out_dir, extra) where
+    the body may add to `extra` (it lands in provenance.json).
+    """
+    spec = json.loads(args.spec)
+    job = json.loads(args.job)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    upstream = [rid for p in inputs.values() if (rid := upstream_run_id(p)) is not None]
+    wildcards = job.get("wildcards", {})
+    rule = job.get("rule", Path(sys.argv[0]).stem)
+    name = "/".join([rule, *map(str, wildcards.values())])
+    extra = dict(extra or {})
+    started = time.time()
+    with start_job_run(
+        job.get("experiment", "frpo-adhoc"), job.get("results_dir", "results"), name,
+        params=spec, tags={}, parent_run_id=upstream[0] if upstream else None, upstream_run_ids=upstream,
+        rule=rule, wildcards=wildcards, config_hash=config_hash(spec), enabled=is_main_process(),
+    ) as run:
+        yield run, spec, out_dir, extra
+        if is_main_process():
+            write_provenance(out_dir, inputs=inputs, config_slice=spec, mlflow_run_id=run.run_id,
+                             started=started, ended=time.time(), extra=extra)

@@ -1,0 +1,200 @@
+"""Evaluation of a model: judged generations on the evaluation sets, KL to a reference, curves.
+
+`evaluate_model` is shared by the evaluate rule (one `metrics.json` per model) and by `CurveCallback`,
+which records the same metrics every k steps of a downstream fine-tune. Scores come from the judge
+registry, so an evaluation metric is the very function that served as a training reward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import TrainerCallback
+
+from .generation import encode_prompts, eval_mode, generate, generate_ids
+from .judges import get_judge
+
+# metric: (evaluation set, judge); the mean of the judge's non-None scores over that set's greedy answers.
+METRICS = {
+    "harmful_refusal_rate": ("harmful", "refusal"),
+    "benign_helpfulness": ("benign", "helpfulness"),
+    "over_refusal": ("benign", "refusal"),
+    "task_accuracy": ("task", "exact_match"),
+}
+SETS = ("harmful", "benign", "task")
+# Dataset columns handed to judges, as TRL hands them to reward functions.
+COLUMNS = ("id", "kind", "category", "answer")
+
+
+class KLEstimate(NamedTuple):
+    per_sequence: float  # mean over prompts of the KL summed over the completion's tokens
+    per_token: float     # the same total divided by the number of completion tokens
+
+
+def _completion_logprobs(model, input_ids, attention_mask, width: int) -> torch.Tensor:
+    """Log-probabilities over the vocabulary (float32) for each of the last `width` tokens of `input_ids`."""
+    device = next(model.parameters()).device
+    # Positions count real tokens only, as generate() does: RoPE models would not mind the shift that left
+    # padding causes, but models with absolute positions would.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                   position_ids=position_ids.to(device), logits_to_keep=width + 1).logits[:, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def sequence_kl(model, ref_model, tokenizer, prompts: list[str], completions: list, batch_size: int = 64) -> KLEstimate:
+    """KL(model ‖ ref_model) on `prompts`, over completions sampled from `model` (token ids or texts).
+
+    At every completion position the KL is computed exactly over the vocabulary, then summed over the
+    completion: lower variance than the sampled log-ratio, and zero when the models agree.
+    """
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError(f"sequence_kl needs one completion per prompt, got {len(prompts)} and {len(completions)}")
+    rows = [tokenizer(c, add_special_tokens=False)["input_ids"] if isinstance(c, str) else list(c)
+            for c in completions]
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    with eval_mode(model), eval_mode(ref_model), torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            batch = rows[start:start + batch_size]
+            prompt = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+            width = max(len(r) for r in batch)
+            if width == 0:
+                continue
+            # Prompts left-padded, completions right-padded: every completion starts in the same column.
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+            mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+            for i, r in enumerate(batch):
+                ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[i, :len(r)] = 1
+            input_ids = torch.cat([prompt["input_ids"], ids], dim=1)
+            attention = torch.cat([prompt["attention_mask"], mask], dim=1)
+            logp = _completion_logprobs(model, input_ids, attention, width)
+            logq = _completion_logprobs(ref_model, input_ids, attention, width).to(device)
+            kl = (logp.exp() * (logp - logq)).sum(-1)
+            # where(), not a product: a padded position's logits may be NaN, and NaN * 0 is NaN.
+            total += torch.where(mask.bool(), kl, 0.0).sum().item()
+            tokens += int(mask.sum())
+    return KLEstimate(total / len(prompts), total / max(tokens, 1))
+
+
+def _mean_score(judge_name: str, set_name: str, records: list[dict], completions: list[str]) -> tuple[float, list]:
+    judge = get_judge(judge_name)
+    columns = {c: [r.get(c) for r in records] for c in COLUMNS}
+    scores = judge([r["prompt"] for r in records], completions, **columns)
+    applied = [s for s in scores if s is not None]
+    if not applied:
+        raise ValueError(f"judge {judge_name!r} applies to none of the {len(records)} records of set "
+                         f"{set_name!r} (their kinds: {sorted({str(k) for k in columns['kind']})})")
+    return sum(applied) / len(applied), scores
+
+
+def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None, max_new_tokens: int = 32,
+                   batch_size: int = 64, kl_samples: int | None = 64, kl_sets: tuple = ("harmful", "benign"),
+                   seed: int = 0, return_generations: bool = False):
+    """Metrics of `model` on the evaluation sets (keys among harmful, benign, task; each optional).
+
+    Greedy answers are judged per METRICS. With `ref_model`, `kl_to_reference` (and its per-token
+    mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
+    completions sampled at temperature 1. With `return_generations`, also returns one row per prompt
+    (set, id, prompt, completion, and every score), for a `generations.jsonl` to inspect.
+    """
+    unknown = set(sets) - set(SETS)
+    if unknown:
+        raise ValueError(f"unknown evaluation sets {sorted(unknown)}; known: {list(SETS)}")
+    metrics: dict[str, float] = {f"n_{name}": len(sets.get(name, [])) for name in SETS}
+    answers = {name: generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, seed=seed)
+               for name, records in sets.items() if records}
+    generations = {name: [{"set": name, "id": r.get("id"), "prompt": r["prompt"], "completion": c}
+                          for r, c in zip(sets[name], texts)] for name, texts in answers.items()}
+    for metric, (set_name, judge_name) in METRICS.items():
+        if set_name in answers:
+            metrics[metric], scores = _mean_score(judge_name, set_name, sets[set_name], answers[set_name])
+            for row, score in zip(generations[set_name], scores):
+                row[judge_name] = score
+    if ref_model is not None:
+        prompts = [r["prompt"] for name in kl_sets for r in sets.get(name, [])]
+        if not prompts:
+            raise ValueError(f"kl_to_reference needs prompts from sets {list(kl_sets)}; got sets {sorted(sets)}")
+        if kl_samples is not None and len(prompts) > kl_samples:
+            prompts = random.Random(seed).sample(prompts, kl_samples)
+        sampled = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                               batch_size=batch_size, seed=seed)
+        kl = sequence_kl(model, ref_model, tokenizer, prompts, sampled, batch_size=batch_size)
+        metrics["kl_to_reference"], metrics["kl_to_reference_per_token"] = kl.per_sequence, kl.per_token
+    if return_generations:
+        return metrics, [row for rows in generations.values() for row in rows]
+    return metrics
+
+
+def _atomic_write(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so a reader never sees half a file (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def write_metrics(path: str | Path, record: dict) -> None:
+    """Atomically write a metrics record as JSON."""
+    _atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A metrics record written by `write_metrics`."""
+    return json.loads(Path(path).read_text())
+
+
+def write_generations(path: str | Path, rows: list[dict]) -> None:
+    """Atomically write per-prompt generations as JSON lines."""
+    _atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+class CurveCallback(TrainerCallback):
+    """Evaluates the training model at step 0, every `every_k_steps` and at the end; writes `{"points": [...]}`.
+
+    The file is rewritten after each point, so an interrupted job keeps its curve so far; a resumed job
+    keeps the points recorded before the step it resumes from. Runs on the main process only, so it
+    cannot serve a sharded (ZeRO-3/FSDP) model, whose generation needs every rank.
+    """
+
+    def __init__(self, tokenizer, sets: dict[str, list[dict]], out_path: str | Path, every_k_steps: int,
+                 ref_model=None, max_new_tokens: int = 32, batch_size: int = 64, kl_samples: int | None = 64,
+                 seed: int = 0):
+        if every_k_steps < 1:
+            raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
+        self.tokenizer, self.sets, self.out_path = tokenizer, sets, Path(out_path)
+        self.every_k_steps, self.ref_model = every_k_steps, ref_model
+        self.options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kl_samples": kl_samples,
+                        "seed": seed}
+        self.points: list[dict] = []
+
+    def _record(self, state, model) -> None:
+        if not state.is_world_process_zero or any(p["step"] == state.global_step for p in self.points):
+            return
+        model = getattr(model, "module", model)  # DDP wraps the model; generate() lives on the inner one
+        metrics = evaluate_model(model, self.tokenizer, self.sets, ref_model=self.ref_model, **self.options)
+        self.points.append({"step": state.global_step, **metrics})
+        write_metrics(self.out_path, {"points": self.points})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.out_path.exists():
+            self.points = [p for p in read_metrics(self.out_path)["points"] if p["step"] < state.global_step]
+        self._record(state, kwargs["model"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_k_steps == 0:
+            self._record(state, kwargs["model"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._record(state, kwargs["model"])

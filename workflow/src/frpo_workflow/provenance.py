@@ -1,0 +1,177 @@
+"""provenance.json: what one job's output was made from (input and code hashes, config, packages, host, times).
+
+Every output directory of the workflow ends with a provenance.json written by `write_provenance` after
+the job body succeeded. Downstream jobs read the upstream MLflow run id from it (`upstream_run_id`) to
+link their runs into one lineage. Snakemake decides what reruns; this file records what a result is.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+FILENAME = "provenance.json"
+
+# Versions recorded by distribution name; importlib.metadata reads them without importing the packages
+# (importing trl alone costs seconds, and a report job must stay light).
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "mlflow", "snakemake")
+
+_CHUNK = 1 << 20  # 1 MiB reads keep memory flat for multi-GB model shards
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_files(root: Path):
+    """Files under `root` in sorted relative-path order, without hidden entries or provenance.json.
+
+    provenance.json holds timestamps, and hidden folders (.cache, .ipynb_checkpoints) hold tool state:
+    neither is content, so neither may change the hash.
+    """
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name == FILENAME:
+                continue
+            path = Path(dirpath, name)
+            yield path.relative_to(root).as_posix(), path
+
+
+def path_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a directory as sorted (relative path, file sha256) pairs."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)
+    if not p.is_dir():
+        raise FileNotFoundError(f"provenance input does not exist: {p}")
+    h = hashlib.sha256()
+    for rel, file in sorted(_tree_files(p)):
+        h.update(f"{rel}\0{file_sha256(file)}\n".encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def git_state(directory: str | os.PathLike = _PACKAGE_DIR) -> tuple[str, bool | None]:
+    """(commit, dirty) of the git checkout holding `directory`; ("unknown", None) outside one.
+
+    Cached: the code of a running process does not change under it.
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return commit or "unknown", None if status is None else bool(status)
+
+
+@functools.lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """sha256 over the package's .py sources (relative path + content): identifies the code even when
+    it is not committed. Cached: the same for the whole process."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
+        h.update(f"{path.relative_to(_PACKAGE_DIR).as_posix()}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the ML stack (None where a package is not installed)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _code() -> dict:
+    from . import __version__
+
+    commit, dirty = git_state()
+    return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty,
+            "source_sha256": source_sha256()}
+
+
+def _host() -> dict:
+    return {"hostname": socket.gethostname(), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
+
+
+def write_provenance(out_dir: str | os.PathLike, *, inputs: dict[str, str | os.PathLike], config_slice: dict,
+                     mlflow_run_id: str | None, started: float, ended: float, extra: dict | None = None) -> dict:
+    """Write `<out_dir>/provenance.json` atomically and return its content.
+
+    `started`/`ended` are Unix times (time.time()). The file is written to a temporary name and renamed,
+    so a reader (or a killed job) never sees half a file; its presence marks the output complete.
+    """
+    record = {
+        "inputs": {name: {"path": str(p), "sha256": path_sha256(p)} for name, p in inputs.items()},
+        "code": _code(),
+        "config": config_slice,
+        "packages": package_versions(),
+        "host": _host(),
+        "started": _iso(started),
+        "ended": _iso(ended),
+        "duration_s": round(ended - started, 3),
+        "mlflow_run_id": mlflow_run_id,
+        "extra": dict(extra or {}),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{FILENAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / FILENAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return record
+
+
+def read_provenance(directory: str | os.PathLike) -> dict:
+    """The provenance.json of an output directory."""
+    with open(Path(directory, FILENAME)) as f:
+        return json.load(f)
+
+
+def upstream_run_id(path: str | os.PathLike) -> str | None:
+    """MLflow run id recorded by the job that produced `path` (a directory, or a file inside one).
+
+    None when there is no provenance.json (a raw input) or it recorded no run (tracking disabled).
+    """
+    p = Path(path)
+    directory = p if p.is_dir() else p.parent
+    if not (directory / FILENAME).is_file():
+        return None
+    return read_provenance(directory).get("mlflow_run_id")
