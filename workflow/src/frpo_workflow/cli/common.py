@@ -27,6 +27,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def log_source(run, source: dict, data_dir: str, name: str, context: str) -> None:
+    """Register a dataset as an MLflow run input when it is a local file (toy split or jsonl/csv/...)."""
+    if source["type"] == "toy":
+        path = Path(data_dir) / f"{source['split']}.jsonl"
+    elif "path" in source:
+        path = Path(source["path"])
+    else:
+        return  # a hub dataset: its id and revision are in the run's params
+    run.log_dataset_input(str(path), name=name, context=context)
+
+
 def is_main_process() -> bool:
     """Rank 0 of an accelerate/torchrun launch (or a plain process): the one that tracks and writes."""
     return int(os.environ.get("RANK", "0")) == 0

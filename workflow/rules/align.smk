@@ -1,0 +1,35 @@
+# Stage "align": GRPO and FRPO (one job per λ) from each base model, launched with accelerate.
+
+
+def align_spec(wildcards):
+    return as_json({"settings": plan.method_settings(config, wildcards.method),
+                    "dataset": dataset(config["align"]["dataset"])})
+
+
+rule align:
+    input:
+        model=rules.base_model.output[0],
+        data=rules.data.output[0],
+    output:
+        directory(out(paths.ALIGNED)),
+    log:
+        side("logs", paths.ALIGNED, ".log"),
+    benchmark:
+        side("benchmarks", paths.ALIGNED, ".tsv")
+    threads: res("train", "threads")
+    resources:
+        runtime=res("train", "runtime"),
+        mem_mb=res("train", "mem_mb"),
+        gpu=res("train", "gpu"),
+        cpus_per_task=res("train", "cpus_per_task"),
+        slurm_partition=res("train", "slurm_partition"),
+    conda:
+        "../../envs/train.yaml"
+    params:
+        spec=align_spec,
+        job=lambda wc: job_json("align", wc),
+        launch=accelerate_launch(),
+        checkpoints=side("checkpoints", paths.ALIGNED),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
+        " --model {input.model} --data {input.data} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

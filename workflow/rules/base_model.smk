@@ -1,0 +1,32 @@
+# Stage "base_model": the built-in tiny model (trained here), or a local/hub model recorded by reference.
+
+
+def base_model_spec(wildcards):
+    model = config["models"][wildcards.model]
+    corpus = dataset(model["pretrain_dataset"]) if model["source"] == "tiny" else None
+    return as_json({"model": model, "corpus": corpus})
+
+
+rule base_model:
+    input:
+        data=rules.data.output[0],
+    output:
+        directory(out(paths.BASE)),
+    log:
+        side("logs", paths.BASE, ".log"),
+    benchmark:
+        side("benchmarks", paths.BASE, ".tsv")
+    threads: res("train", "threads")
+    resources:
+        runtime=res("train", "runtime"),
+        mem_mb=res("train", "mem_mb"),
+        cpus_per_task=res("train", "cpus_per_task"),
+        slurm_partition=res("train", "slurm_partition"),
+    conda:
+        "../../envs/train.yaml"
+    params:
+        spec=base_model_spec,
+        job=lambda wc: job_json("base_model", wc),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
+        " --data {input.data} --out {output} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# Stage "finetune": every downstream regime (SFT or RL) and seed on every aligned model, with curves.
+
+
+def finetune_spec(wildcards):
+    kind, name, settings = plan.regime_settings(config, wildcards.regime, int(wildcards.seed))
+    return as_json({"type": kind, "settings": settings, "dataset": dataset(name),
+                    "curves": config["finetune"]["curves"], "eval_sets": eval_sets(),
+                    "state": state_record("finetuned", wildcards)})
+
+
+rule finetune:
+    input:
+        model=rules.align.output[0],
+        data=rules.data.output[0],
+    output:
+        directory(out(paths.FINETUNED)),
+    log:
+        side("logs", paths.FINETUNED, ".log"),
+    benchmark:
+        side("benchmarks", paths.FINETUNED, ".tsv")
+    threads: res("train", "threads")
+    resources:
+        runtime=res("train", "runtime"),
+        mem_mb=res("train", "mem_mb"),
+        gpu=res("train", "gpu"),
+        cpus_per_task=res("train", "cpus_per_task"),
+        slurm_partition=res("train", "slurm_partition"),
+    conda:
+        "../../envs/train.yaml"
+    params:
+        spec=finetune_spec,
+        job=lambda wc: job_json("finetune", wc),
+        launch=accelerate_launch(),
+        checkpoints=side("checkpoints", paths.FINETUNED),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} frpo_workflow.cli.finetune --spec {params.spec:q}"
+        " --job {params.job:q} --model {input.model} --data {input.data} --checkpoints {params.checkpoints}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,35 @@
+"""CLI of the align stage: GRPO or FRPO alignment of a base model (launched with accelerate).
+
+    accelerate launch --config_file workflow/accelerate/cpu.yaml -m frpo_workflow.cli.align \
+        --spec '{"settings": {...}, "dataset": {...}}' --model results/base_model/tiny --data results/data \
+        --checkpoints results/checkpoints/aligned/tiny/frpo-l1 --out results/aligned/tiny/frpo-l1
+"""
+
+import json
+
+from ..data.loaders import load_records
+from ..tracking import MlflowMetricsCallback
+from ..train import policy_config, run_policy_optimisation
+from .common import log_source, parser, setup_logging, tracked_job
+
+
+def main(argv=None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoints", required=True)
+    args = p.parse_args(argv)
+    log = setup_logging()
+    with tracked_job(args, inputs={"model": args.model, "data": args.data}) as (run, spec, out, extra):
+        cfg = policy_config(spec["settings"], where="align settings")
+        records = load_records(spec["dataset"], toy_dir=args.data)
+        log_source(run, spec["dataset"], args.data, "align", "training")
+        summary = run_policy_optimisation(args.model, records, cfg, out, args.checkpoints,
+                                          callbacks=[MlflowMetricsCallback(run)])
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
+        log.info("aligned with %s in %.1fs", cfg.method, summary["train_runtime_s"] or 0)
+
+
+if __name__ == "__main__":
+    main()

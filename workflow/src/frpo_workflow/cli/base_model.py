@@ -1,0 +1,41 @@
+"""CLI of the base_model stage: build the tiny model, or record a local/hub model it points to.
+
+    python -m frpo_workflow.cli.base_model --spec '{"model": {...}, "corpus": {...}}' --data results/data \
+        --out results/base_model/tiny
+"""
+
+import os
+
+from ..base_model import (TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer, snapshot,
+                          write_model_ref)
+from ..data.loaders import load_records
+from .common import parser, setup_logging, tracked_job
+
+
+def main(argv=None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", required=True, help="toy-world directory")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    with tracked_job(args, inputs={"data": args.data}) as (run, spec, out, extra):
+        model = spec["model"]
+        if model["source"] == "tiny":
+            records = load_records(spec["corpus"], toy_dir=args.data)
+            summary = build_tiny_base_model(records, out, TinyModelConfig(**model.get("tiny", {})), log=log.info)
+        elif model["source"] == "local":
+            path = os.path.abspath(model["path"])
+            summary = {"source": "local", "path": path}
+            write_model_ref(out, summary)
+        else:  # hf: a pinned snapshot; HF_HUB_OFFLINE=1 makes this a cache lookup
+            summary = snapshot(model["repo_id"], model.get("revision"))
+            write_model_ref(out, summary)
+        # Load once here so a broken model or tokenizer fails this job, not every downstream one.
+        loaded, _ = load_model_and_tokenizer(out, pad_token=model.get("pad_token"))
+        summary.setdefault("parameters", sum(p.numel() for p in loaded.parameters()))
+        extra["model"] = summary
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        log.info("base model: %s", summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""CLI that creates the study's MLflow experiment once, before jobs fan out (no SQLite migration races).
+
+    python -m frpo_workflow.cli.experiment --name frpo-toy --results results --out results/tracking/experiment.json
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from ..tracking import ensure_experiment, tracking_uri
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", required=True)
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    experiment_id = ensure_experiment(args.name, args.results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"experiment": args.name, "experiment_id": experiment_id,
+                               "tracking_uri": tracking_uri(args.results)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
