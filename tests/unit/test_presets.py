@@ -71,10 +71,7 @@ def test_wrong_type_is_rejected():
 
 # The schema calls the hf dataset config `config`, the loader (SOURCE_KEYS) calls it `subset`; a preset
 # using GSM8K's `main` config cannot satisfy both. strict: remove the mark once the two agree.
-LOADER_MISMATCH = pytest.mark.xfail(strict=True, reason="schema source key `config` vs loader key `subset`")
-
-
-@pytest.mark.parametrize("path", [ROOT / "config.yaml", *(pytest.param(p, marks=LOADER_MISMATCH) for p in PRESETS)],
+@pytest.mark.parametrize("path", [ROOT / "config.yaml", *PRESETS],
                          ids=lambda p: p.name)
 def test_dataset_keys_accepted_by_loader(path):
     for name, source in load(path)["datasets"].items():

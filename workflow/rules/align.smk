@@ -1,11 +1,6 @@
 # Stage "align": GRPO and FRPO (one job per λ) from each base model, launched with accelerate.
 
 
-def align_spec(wildcards):
-    return as_json({"settings": plan.method_settings(config, wildcards.method),
-                    "dataset": dataset(config["align"]["dataset"])})
-
-
 rule align:
     input:
         model=rules.base_model.output[0],

@@ -1,12 +1,6 @@
 # Stage "base_model": the built-in tiny model (trained here), or a local/hub model recorded by reference.
 
 
-def base_model_spec(wildcards):
-    model = config["models"][wildcards.model]
-    corpus = dataset(model["pretrain_dataset"]) if model["source"] == "tiny" else None
-    return as_json({"model": model, "corpus": corpus})
-
-
 rule base_model:
     input:
         data=rules.data.output[0],

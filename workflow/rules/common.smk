@@ -88,3 +88,30 @@ def all_metrics():
 def all_finetunes():
     """Every fine-tuned state's folder (each holds curves.json)."""
     return expand(out(paths.FINETUNED), model=MODELS, method=METHODS, regime=REGIMES, seed=SEEDS)
+
+
+# ---- per-job settings (params): each job's slice of the config, nothing more ----------------
+def base_model_spec(wildcards):
+    model = config["models"][wildcards.model]
+    corpus = dataset(model["pretrain_dataset"]) if model["source"] == "tiny" else None
+    return as_json({"model": model, "corpus": corpus})
+
+
+def align_spec(wildcards):
+    return as_json({"settings": plan.method_settings(config, wildcards.method),
+                    "dataset": dataset(config["align"]["dataset"])})
+
+
+def finetune_spec(wildcards):
+    kind, name, settings = plan.regime_settings(config, wildcards.regime, int(wildcards.seed))
+    return as_json({"type": kind, "settings": settings, "dataset": dataset(name),
+                    "curves": config["finetune"]["curves"], "eval_sets": eval_sets(),
+                    "state": state_record("finetuned", wildcards)})
+
+
+def evaluate_spec(stage):
+    def spec(wildcards):
+        settings = {k: v for k, v in config["evaluate"].items() if k != "sets"}
+        return as_json({**settings, "sets": eval_sets(), "state": state_record(stage, wildcards)})
+
+    return spec

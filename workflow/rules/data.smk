@@ -18,7 +18,7 @@ rule tracking_experiment:
         "../../envs/report.yaml"
     params:
         name=config["run_name"],
-        results=RESULTS,
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "python -m frpo_workflow.cli.experiment --name {params.name} --results {params.results}"
         " --out {output} > {log} 2>&1"

@@ -3,14 +3,6 @@
 # reruns evaluation and report and nothing else.
 
 
-def evaluate_spec(stage):
-    def spec(wildcards):
-        settings = {k: v for k, v in config["evaluate"].items() if k != "sets"}
-        return as_json({**settings, "sets": eval_sets(), "state": state_record(stage, wildcards)})
-
-    return spec
-
-
 rule evaluate_base:
     input:
         model=rules.base_model.output[0],

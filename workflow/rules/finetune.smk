@@ -1,13 +1,6 @@
 # Stage "finetune": every downstream regime (SFT or RL) and seed on every aligned model, with curves.
 
 
-def finetune_spec(wildcards):
-    kind, name, settings = plan.regime_settings(config, wildcards.regime, int(wildcards.seed))
-    return as_json({"type": kind, "settings": settings, "dataset": dataset(name),
-                    "curves": config["finetune"]["curves"], "eval_sets": eval_sets(),
-                    "state": state_record("finetuned", wildcards)})
-
-
 rule finetune:
     input:
         model=rules.align.output[0],

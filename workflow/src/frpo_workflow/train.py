@@ -106,7 +106,7 @@ def _common_args(cfg: CommonTrainConfig, checkpoint_dir: Path) -> dict:
         output_dir=str(checkpoint_dir),
         learning_rate=cfg.lr,
         max_steps=cfg.steps,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of max_steps
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -117,7 +117,7 @@ def _common_args(cfg: CommonTrainConfig, checkpoint_dir: Path) -> dict:
         save_steps=cfg.save_steps,
         save_total_limit=1,
         report_to="none",  # tracking goes through frpo_workflow.tracking's callback
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=True,
         **_device_args(cfg),
     )

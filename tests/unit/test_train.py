@@ -1,0 +1,91 @@
+"""Training runs from config: real TRL trainers on a tiny model, save/load, LoRA, resume, bad settings."""
+
+import pytest
+import torch
+
+from frpo_workflow.base_model import TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer
+from frpo_workflow.data.toy import build_toy_world
+from frpo_workflow.judges import completion_text, register_judge
+from frpo_workflow.train import last_checkpoint, policy_config, run_policy_optimisation, run_sft, sft_config
+
+pytestmark = pytest.mark.slow
+
+@register_judge("test_brevity")
+def brevity(prompts, completions, **kwargs):
+    """Differs within every group (unlike the toy judges on a barely trained model), so steps move weights."""
+    return [1.0 / (1 + len(completion_text(c))) for c in completions]
+
+
+SMALL = {"pretrain": 200, "align_prompts": 16, "sft_affirmative": 32, "rl_arithmetic": 16}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_toy_world(0, SMALL)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, world):
+    out = tmp_path_factory.mktemp("base")
+    cfg = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=350,
+                          pretrain_epochs=1)
+    build_tiny_base_model(world["pretrain"], out, cfg, log=lambda _: None)
+    return out
+
+
+def _params(path):
+    model, _ = load_model_and_tokenizer(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _changed(a, b):
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_resumes_from_its_last_checkpoint(tmp_path, base, world):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    cfg = sft_config({"lr": 1e-3, "steps": 2, "save_steps": 2, "batch_size": 4})
+    first = run_sft(base, world["sft_affirmative"], cfg, out, ckpt)
+    assert first["global_step"] == 2 and first["resumed_from"] is None
+    assert last_checkpoint(ckpt).endswith("checkpoint-2")
+    # A longer run on the same checkpoint folder (a job restarted after a kill) continues, not restarts.
+    cfg = sft_config({"lr": 1e-3, "steps": 4, "save_steps": 2, "batch_size": 4})
+    second = run_sft(base, world["sft_affirmative"], cfg, out, ckpt)
+    assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 4
+    assert _changed(_params(base), _params(out))
+
+
+@pytest.mark.parametrize("method", ["frpo", "grpo"])
+def test_policy_optimisation_trains_and_saves(tmp_path, base, world, method):
+    settings = {"method": method, "lr": 1e-3, "steps": 2, "num_generations": 4, "prompts_per_step": 2,
+                "max_completion_length": 6, "beta": 0.04, "save_steps": 10,
+                "rewards": ["safety", "helpfulness", "test_brevity"]}
+    if method == "frpo":
+        settings["lam"] = 0.5
+    summary = run_policy_optimisation(base, world["align_prompts"], policy_config(settings), tmp_path / "out",
+                                      tmp_path / "ckpt")
+    assert summary["global_step"] == 2
+    logged = {k for h in summary["log_history"] for k in h}
+    assert {"rewards/safety/mean", "rewards/helpfulness/mean", "kl"} <= logged
+    assert ("frpo/weight_entropy" in logged) == (method == "frpo")
+    assert _changed(_params(base), _params(tmp_path / "out"))
+
+
+def test_lora_saves_an_adapter_that_loads_merged(tmp_path, base, world):
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    cfg = sft_config({"lr": 1e-2, "steps": 2, "batch_size": 4, "lora": lora})
+    run_sft(base, world["sft_affirmative"], cfg, tmp_path / "out", tmp_path / "ckpt")
+    assert (tmp_path / "out" / "adapter_config.json").exists()
+    merged = _params(tmp_path / "out")
+    assert not any("lora" in k for k in merged) and _changed(_params(base), merged)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"method": "frpo"}, "lambda > 0, got lam=None"),
+    ({"method": "frpo", "lam": 0.0}, "lambda > 0, got lam=0.0"),
+    ({"method": "ppo"}, "unknown method 'ppo'"),
+    ({"learning_rate": 1e-4}, r"unknown key\(s\) \['learning_rate'\]"),
+])
+def test_bad_policy_settings_are_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        policy_config(values)
