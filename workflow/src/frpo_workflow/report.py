@@ -77,8 +77,10 @@ def _row(path) -> dict:
            "lambda": method_lambda(record["method"], record["lambda"]),
            "regime": record["regime"], "seed": record["seed"], "_file": str(path)}
     for key in METRICS:
-        value = require(metrics, key, path, where="metrics.")
-        if value is None and key == "kl_to_reference":  # null for the base model: no reference
+        # The base model has no reference: its KL may be null or absent.
+        no_reference = key == "kl_to_reference" and stage == "base"
+        value = metrics.get(key) if no_reference else require(metrics, key, path, where="metrics.")
+        if value is None and key == "kl_to_reference":
             value = math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: metrics.{key} is {value!r}, expected a number")
