@@ -1,13 +1,18 @@
 """The built-in tiny base model: offline, deterministic, reloadable, and it learns its corpus."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from frpo_workflow.base_model import (TinyModelConfig, build_tiny_base_model, check_tokenizer, resolve_model_path,
-                                      write_model_ref)
+from frpo_workflow.base_model import (TinyModelConfig, build_tiny_base_model, check_tokenizer,
+                                      load_model_and_tokenizer, resolve_model_path, write_model_ref)
 from frpo_workflow.data.toy import build_toy_world
 
 CFG = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=400,
@@ -64,3 +69,73 @@ def test_model_ref_points_elsewhere(tmp_path, built):
 def test_empty_corpus_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="empty corpus"):
         build_tiny_base_model([], tmp_path, CFG)
+
+
+# ---- the base_model stage's other sources: a local folder and a hub snapshot, offline ----------
+
+def run_base_model_cli(tmp_path, model: dict, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The base_model stage CLI in a fresh process (hub settings are read at import), as a rule runs it."""
+    out, data = tmp_path / "base_model", tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    job = {"experiment": "sources", "results_dir": str(tmp_path / "results"), "rule": "base_model"}
+    cmd = [sys.executable, "-m", "frpo_workflow.cli.base_model", "--spec", json.dumps({"model": model, "corpus": None}),
+           "--job", json.dumps(job), "--data", str(data), "--out", str(out)]
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def without_pad_token(src: Path, dst: Path) -> Path:
+    """A copy of a saved model whose tokenizer has no pad token (as many hub chat models ship)."""
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    tok.pad_token = None
+    tok.save_pretrained(dst)
+    assert AutoTokenizer.from_pretrained(dst).pad_token is None
+    return dst
+
+
+def hub_cache(cache: Path, repo_id: str, model_dir: Path, commit: str) -> None:
+    """A Hugging Face hub cache holding `model_dir` as `repo_id` at `commit`, in the hub's own layout."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_local_source_records_a_hash_and_the_pad_token_for_every_later_load(tmp_path, built):
+    local = without_pad_token(built[0], tmp_path / "my-model")
+    proc = run_base_model_cli(tmp_path, {"source": "local", "path": str(local), "pad_token": "<|end|>"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    prov = json.loads((tmp_path / "base_model" / "provenance.json").read_text())
+    assert prov["extra"]["model"]["path"] == str(local) and len(prov["extra"]["model"]["sha256"]) == 64
+    _, tok = load_model_and_tokenizer(tmp_path / "base_model")  # as the align/evaluate jobs load it
+    assert tok.pad_token == "<|end|>"
+
+
+def test_local_source_without_pad_token_fails_naming_the_setting(tmp_path, built):
+    local = without_pad_token(built[0], tmp_path / "my-model")
+    proc = run_base_model_cli(tmp_path, {"source": "local", "path": str(local)})
+    assert proc.returncode != 0 and "set base_model.pad_token" in proc.stdout + proc.stderr
+    assert not (tmp_path / "base_model" / "provenance.json").exists()
+
+
+def test_local_source_missing_folder_is_named(tmp_path):
+    proc = run_base_model_cli(tmp_path, {"source": "local", "path": str(tmp_path / "nowhere")})
+    assert proc.returncode != 0 and f"no directory at path {tmp_path / 'nowhere'}" in proc.stdout + proc.stderr
+
+
+def test_hf_source_offline_pins_the_snapshot_commit(tmp_path, built):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub_cache(tmp_path / "hub", "toy-org/tiny-chat", built[0], commit)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    proc = run_base_model_cli(tmp_path, {"source": "hf", "repo_id": "toy-org/tiny-chat"}, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ref = json.loads((tmp_path / "base_model" / "model_ref.json").read_text())
+    assert ref["commit"] == commit and ref["path"].endswith(f"snapshots/{commit}")
+    prov = json.loads((tmp_path / "base_model" / "provenance.json").read_text())
+    assert prov["extra"]["model"]["commit"] == commit and prov["extra"]["model"]["repo_id"] == "toy-org/tiny-chat"
+    model, _ = load_model_and_tokenizer(tmp_path / "base_model")
+    assert model.num_parameters() == built[1]["parameters"]
+
+    # Offline, a revision that is not in the cache is an error, never a silent fallback to another one.
+    proc = run_base_model_cli(tmp_path / "other", {"source": "hf", "repo_id": "toy-org/tiny-chat", "revision": "v2"}, env)
+    assert proc.returncode != 0 and "hub model toy-org/tiny-chat@v2 is not in the local cache" in proc.stderr

@@ -68,6 +68,8 @@ def test_default_dag():
     ({"align": {"dataset": "nope"}}, "names dataset 'nope'"),
     ({"align": {"dataset": "align", "defaults": {"rewards": ["no_such_judge"]}}}, "unknown judge 'no_such_judge'"),
     ({"align": {"dataset": "align", "frpo": {"lambdas": [0]}}}, "lambdas"),
+    ({"models": {"tiny": {"source": "local"}}}, "models.tiny: source 'local' needs 'path'"),
+    ({"resources": {"base_model": {"threads": 0}}}, "threads"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
     config = yaml.safe_load(E2E.read_text())
@@ -113,6 +115,17 @@ def test_every_output_is_complete(study):
     assert len(summary) == 1 + len(STATES)
     for png in ("refusal_curves.png", "safety_vs_lambda.png"):
         assert (results / "report" / png).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_html_report_embeds_tables_plots_and_captions(study):
+    snakemake("--report", "report.html", "--configfile", str(E2E), "--replace-workflow-config", cwd=study)
+    html = (study / "report.html").read_text()
+    for name in ("summary.md", "refusal_curves.png", "safety_vs_lambda.png"):
+        assert name in html
+    for caption in ("workflow.rst", "summary.rst", "refusal_curves.rst", "safety_vs_lambda.rst"):
+        first_words = " ".join((ROOT / "workflow" / "report" / caption).read_text().split()[:4])
+        assert first_words in html, f"caption of {caption} is missing from the report"
 
 
 @pytest.mark.slow

@@ -10,12 +10,13 @@ rule base_model:
         side("logs", paths.BASE, ".log"),
     benchmark:
         side("benchmarks", paths.BASE, ".tsv")
-    threads: res("train", "threads")
+    threads: res("base_model", "threads")
     resources:
-        runtime=res("train", "runtime"),
-        mem_mb=res("train", "mem_mb"),
-        cpus_per_task=res("train", "cpus_per_task"),
-        slurm_partition=res("train", "slurm_partition"),
+        runtime=res("base_model", "runtime"),
+        mem_mb=res("base_model", "mem_mb"),
+        gpu=res("base_model", "gpu"),
+        cpus_per_task=res("base_model", "cpus_per_task"),
+        slurm_partition=res("base_model", "slurm_partition"),
     conda:
         "../../envs/train.yaml"
     params:

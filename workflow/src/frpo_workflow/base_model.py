@@ -172,8 +172,15 @@ def build_tiny_base_model(records: list[dict], out_dir: str | Path, cfg: TinyMod
 def snapshot(repo_id: str, revision: str | None) -> dict:
     """Download (or find in the cache, under HF_HUB_OFFLINE=1) a hub model; returns its path and commit."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    path = snapshot_download(repo_id=repo_id, revision=revision)
+    try:
+        path = snapshot_download(repo_id=repo_id, revision=revision)
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(
+            f"hub model {repo_id}@{revision or 'main'} is not in the local cache and downloads are off "
+            f"(HF_HUB_OFFLINE=1 or no network): fetch it once online, or point models.<key>.revision at a "
+            f"cached one") from err
     # The snapshot folder is named after the resolved commit hash: record it so the run is pinned.
     return {"source": "hf", "repo_id": repo_id, "revision": revision, "commit": Path(path).name, "path": path}
 
@@ -185,12 +192,18 @@ def write_model_ref(out_dir: str | Path, ref: dict) -> None:
     (out_dir / REF_FILE).write_text(json.dumps(ref, indent=2))
 
 
+def read_model_ref(path: str | Path) -> dict | None:
+    """The model_ref.json of a stage directory, or None when the directory holds the model itself."""
+    ref = Path(path) / REF_FILE
+    return json.loads(ref.read_text()) if ref.exists() else None
+
+
 def resolve_model_path(path: str | Path) -> str:
     """The directory holding a model's weights: `path` itself, or where its model_ref.json points."""
     path = Path(path)
-    ref = path / REF_FILE
-    if ref.exists():
-        return json.loads(ref.read_text())["path"]
+    ref = read_model_ref(path)
+    if ref is not None:
+        return ref["path"]
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         raise FileNotFoundError(f"no model at {path}: neither config.json, adapter_config.json nor {REF_FILE}")
     return str(path)
@@ -207,10 +220,15 @@ def check_tokenizer(tokenizer, where: str) -> None:
 
 
 def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", pad_token: str | None = None):
-    """Load a causal LM (or a saved peft adapter on its base) and its tokenizer from a stage directory."""
+    """Load a causal LM (or a saved peft adapter on its base) and its tokenizer from a stage directory.
+
+    A base model recorded by reference carries the config's `pad_token` in its model_ref.json, so every
+    downstream job that loads it gets the same tokenizer the base_model job checked.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     weights = resolve_model_path(path)
+    pad_token = pad_token or (read_model_ref(path) or {}).get("pad_token")
     tokenizer = AutoTokenizer.from_pretrained(weights)
     if pad_token is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = pad_token

@@ -79,6 +79,11 @@ def check_references(config: dict) -> None:
     uses += [(f"finetune.regimes.{r}.dataset", spec["dataset"])
              for r, spec in config.get("finetune", {}).get("regimes", {}).items()]
     uses += [(f"evaluate.sets.{k}", v) for k, v in config.get("evaluate", {}).get("sets", {}).items()]
+    needs = {"local": "path", "hf": "repo_id"}
+    for model, spec in config["models"].items():
+        key = needs.get(spec["source"])
+        if key and not spec.get(key):
+            raise ValueError(f"config key models.{model}: source {spec['source']!r} needs {key!r}")
     for key, name in uses:
         if name not in datasets:
             raise ValueError(f"config key {key} names dataset {name!r}, which is not under datasets: {sorted(datasets)}")

@@ -9,6 +9,7 @@ import os
 from ..base_model import (TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer, snapshot,
                           write_model_ref)
 from ..data.loaders import load_records
+from ..provenance import path_sha256
 from .common import parser, setup_logging, tracked_job
 
 
@@ -22,15 +23,20 @@ def main(argv=None) -> None:
         if model["source"] == "tiny":
             records = load_records(spec["corpus"], toy_dir=args.data)
             summary = build_tiny_base_model(records, out, TinyModelConfig(**model.get("tiny", {})), log=log.info)
-        elif model["source"] == "local":
-            path = os.path.abspath(model["path"])
-            summary = {"source": "local", "path": path}
-            write_model_ref(out, summary)
-        else:  # hf: a pinned snapshot; HF_HUB_OFFLINE=1 makes this a cache lookup
-            summary = snapshot(model["repo_id"], model.get("revision"))
+        else:
+            if model["source"] == "local":
+                path = os.path.abspath(model["path"])
+                if not os.path.isdir(path):
+                    raise FileNotFoundError(f"base model source 'local': no directory at path {path}")
+                # A local folder has no revision to pin: its content hash is what provenance can record.
+                summary = {"source": "local", "path": path, "sha256": path_sha256(path)}
+            else:  # hf: a pinned snapshot; HF_HUB_OFFLINE=1 makes this a cache lookup
+                summary = snapshot(model["repo_id"], model.get("revision"))
+            if model.get("pad_token"):
+                summary["pad_token"] = model["pad_token"]
             write_model_ref(out, summary)
         # Load once here so a broken model or tokenizer fails this job, not every downstream one.
-        loaded, _ = load_model_and_tokenizer(out, pad_token=model.get("pad_token"))
+        loaded, _ = load_model_and_tokenizer(out)
         summary.setdefault("parameters", sum(p.numel() for p in loaded.parameters()))
         extra["model"] = summary
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
