@@ -1,7 +1,10 @@
 """Training runs from config: real TRL trainers on a tiny model, save/load, LoRA, resume, bad settings."""
 
+import shutil
+
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from frpo_workflow.base_model import TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer
 from frpo_workflow.data.toy import build_toy_world
@@ -42,17 +45,49 @@ def _changed(a, b):
     return any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sft_resumes_from_its_last_checkpoint(tmp_path, base, world):
+class Kill(TrainerCallback):
+    """Stops a run dead after `step` (as a SIGKILL or a SLURM timeout would), checkpoints and all."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+SFT = {"lr": 1e-3, "steps": 4, "save_steps": 2, "batch_size": 4}
+
+
+def test_killed_sft_resumes_from_its_last_checkpoint_then_cleans_up(tmp_path, base, world):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
-    cfg = sft_config({"lr": 1e-3, "steps": 2, "save_steps": 2, "batch_size": 4})
-    first = run_sft(base, world["sft_affirmative"], cfg, out, ckpt)
-    assert first["global_step"] == 2 and first["resumed_from"] is None
-    assert last_checkpoint(ckpt).endswith("checkpoint-2")
-    # A longer run on the same checkpoint folder (a job restarted after a kill) continues, not restarts.
-    cfg = sft_config({"lr": 1e-3, "steps": 4, "save_steps": 2, "batch_size": 4})
-    second = run_sft(base, world["sft_affirmative"], cfg, out, ckpt)
-    assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 4
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base, world["sft_affirmative"], sft_config(SFT), out, ckpt, callbacks=[Kill(3)])
+    assert last_checkpoint(ckpt).endswith("checkpoint-2") and not out.exists()
+    summary = run_sft(base, world["sft_affirmative"], sft_config(SFT), out, ckpt)
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
     assert _changed(_params(base), _params(out))
+    assert last_checkpoint(ckpt) is None  # the saved model is the result; checkpoints only served the resume
+
+
+@pytest.mark.parametrize("change", ["settings", "data", "model"])
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path, base, world, change):
+    ckpt = tmp_path / "ckpt"
+    records = world["sft_affirmative"]
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base, records, sft_config(SFT), tmp_path / "out", ckpt, callbacks=[Kill(3)])
+    assert last_checkpoint(ckpt).endswith("checkpoint-2")
+    settings, model = SFT, base
+    if change == "settings":
+        settings = {**SFT, "lr": 5e-4}
+    elif change == "data":
+        records = records[1:]
+    else:  # the upstream model was rebuilt: its provenance.json (its identity) changed
+        model = tmp_path / "rebuilt"
+        shutil.copytree(base, model)
+        (model / "provenance.json").write_text('{"mlflow_run_id": "another"}')
+    summary = run_sft(model, records, sft_config(settings), tmp_path / "out", ckpt)
+    assert summary["resumed_from"] is None and summary["global_step"] == 4
 
 
 @pytest.mark.parametrize("method", ["frpo", "grpo"])

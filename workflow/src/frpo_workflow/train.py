@@ -2,14 +2,18 @@
 
 Alignment (GRPO or FRPO on the safety/helpfulness rewards) and the RL downstream regime (GRPO on a
 task reward) both go through `run_policy_optimisation`; SFT regimes through `run_sft`. Each run
-writes checkpoints to its own folder and resumes from the newest one when restarted, then saves the
-final model (or LoRA adapter) with its tokenizer to the output directory.
+writes checkpoints to its own folder and, restarted after a kill, resumes from the newest one, but
+only if the same settings, data and starting model wrote it. It saves the final model (or LoRA
+adapter) with its tokenizer to the output directory and then removes its checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,9 @@ from .judges import build_judge
 from .trainer import FRPOSettings, FRPOTrainer
 
 log = logging.getLogger(__name__)
+
+# Written into a run's checkpoint folder: which run the checkpoints belong to (see resume_point).
+FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _from_dict(cls, values: dict, where: str):
@@ -138,10 +145,56 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
 
 
-def _finish(trainer, tokenizer, out_dir: Path, resume: str | None) -> dict:
+def run_fingerprint(model_dir, records: list[dict], cfg: CommonTrainConfig) -> str:
+    """What a run trains from: its settings, its data and its starting model (sha256 hex).
+
+    The model is identified by its provenance.json (rewritten whenever its job reruns), or by its
+    content where it has none; hashing multi-GB weights at every job start is what that avoids.
+    """
+    from .provenance import FILENAME, file_sha256, path_sha256
+
+    model_dir = Path(model_dir)
+    provenance = model_dir / FILENAME
+    model = file_sha256(provenance) if provenance.exists() else path_sha256(model_dir)
+    payload = {"settings": dataclasses.asdict(cfg), "records": records, "model": model}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str | None:
+    """The checkpoint to resume from: the newest one, only if a run with this fingerprint wrote it.
+
+    Checkpoints of other settings, data or starting model (the config changed after a failed run) are
+    removed, by the main process: resuming one would silently finish the old run and save it as the new.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    stamp = checkpoint_dir / FINGERPRINT_FILE
+    if is_main:
+        recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else None
+        if recorded != fingerprint:
+            stale = sorted(checkpoint_dir.glob("checkpoint-*"))
+            if stale:
+                log.warning("discarding %d checkpoint(s) in %s: written by another configuration", len(stale),
+                            checkpoint_dir)
+            for path in stale:
+                shutil.rmtree(path)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    return last_checkpoint(checkpoint_dir)
+
+
+def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint: str) -> dict:
+    """Train (resuming where a matching checkpoint exists), save the result, then drop the checkpoints."""
+    args = trainer.args
+    with args.main_process_first(local=False, desc="checkpoint check"):
+        resume = resume_point(checkpoint_dir, fingerprint, is_main=args.process_index == 0)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out_dir))  # the adapter only, for LoRA; full weights otherwise
     tokenizer.save_pretrained(str(out_dir))
+    if trainer.is_world_process_zero():
+        # The saved model is the result; a full fine-tune's checkpoints (weights + optimizer state) are
+        # several times its size and serve only a resume, which a finished run no longer needs.
+        for path in checkpoint_dir.glob("checkpoint-*"):
+            shutil.rmtree(path)
     history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
     return {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
             "resumed_from": resume, "log_history": history}
@@ -182,7 +235,7 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
         callbacks=list(callbacks),
         frpo=frpo,
     )
-    return _finish(trainer, tokenizer, out_dir, last_checkpoint(checkpoint_dir))
+    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
 
 
 def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=()) -> dict:
@@ -206,4 +259,4 @@ def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoi
         peft_config=_peft_config(cfg),
         callbacks=list(callbacks),
     )
-    return _finish(trainer, tokenizer, out_dir, last_checkpoint(checkpoint_dir))
+    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
