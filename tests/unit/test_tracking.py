@@ -4,7 +4,6 @@ import fcntl
 import json
 import multiprocessing
 import threading
-import time
 from pathlib import Path
 
 import pytest

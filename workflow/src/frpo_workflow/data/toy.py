@@ -123,6 +123,7 @@ TASK = {
                      "{name} has {a} - {b} = {answer} {obj}. The answer is {answer}.")],
 }
 NAMES = tuple("Tom Ana Sam Lea Max Ivy Ben Mia".split())
+TRAIN_NAMES, EVAL_NAMES = NAMES[:6], NAMES[6:]
 OBJECTS = tuple("apples pens coins books cards shells".split())
 WORDS = tuple("""cat dog sun map cup pen box hat fish bird tree lamp star moon rain milk ship frog door bell kite
     rose sand wolf leaf coin drum nest ring sock bread chair cloud stone plant river apple grape tiger piano
@@ -266,8 +267,9 @@ def _universe(rng: random.Random) -> tuple[dict, dict]:
             sums = [(x, y), (y, x)] if x != y else [(x, y)]
             problems = [("addition", {"a": a, "b": b, "answer": str(a + b)}) for a, b in sums]
             problems.append(("subtraction", {"a": y, "b": x, "answer": str(y - x)}))
-            for kind in ("benign", "task"):
-                side[kind] += [(kind, category, fields) for category, fields in problems]
+            side["benign"] += [("benign", category, fields) for category, fields in problems]
+            for task_side, names in ((train, TRAIN_NAMES), (held_out, EVAL_NAMES)):
+                task_side["task"] += [("task", category, {**fields, "names": names}) for category, fields in problems]
     return train, held_out
 
 
@@ -307,7 +309,7 @@ def _render(rng: random.Random, item: tuple) -> tuple[str, str]:
         prompt, action = rng.choice(HARMFUL[category][0])
         return prompt.format(**fields), rng.choice(COMPLIANCES).format(action=action.format(**fields))
     prompt, completion = rng.choice((BENIGN if kind == "benign" else TASK)[category])
-    values = {"name": rng.choice(NAMES), "obj": rng.choice(OBJECTS), **fields}
+    values = {"name": rng.choice(fields.get("names", NAMES)), "obj": rng.choice(OBJECTS), **fields}
     return prompt.format(**values), completion.format(**values)
 
 
