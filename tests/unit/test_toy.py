@@ -24,9 +24,12 @@ def world():
 
 
 def _slot(record):
-    """The filler a record was built from: harmful target, word, country, or unordered operand pair."""
+    """The filler a record was built from: harmful target, word, country, unordered operand pair, or for a
+    word problem the person in it."""
+    if record["kind"] == "task":
+        return record["prompt"].split()[0]
     if record["category"] in ("addition", "subtraction"):
-        return tuple(sorted(int(n) for n in re.findall(r"\d+", record["prompt"])))
+        return _pair(record)
     templates = ([p for p, _ in toy.HARMFUL[record["category"]][0]] if record["kind"] == "harmful"
                  else [p for p, _ in toy.BENIGN[record["category"]]])
     for template in templates:
@@ -37,6 +40,10 @@ def _slot(record):
         if match:
             return match.group(1)
     raise AssertionError(f"no template matches {record['prompt']!r}")
+
+
+def _pair(record):
+    return tuple(sorted(int(n) for n in re.findall(r"\d+", record["prompt"])))
 
 
 def test_same_seed_same_world_and_other_seed_differs():
@@ -104,8 +111,11 @@ def test_train_and_eval_fillers_are_disjoint(world):
 def test_pretrain_covers_eval_knowledge_but_not_eval_word_problems(world):
     pretrain = {(r["kind"], r["category"], _slot(r)) for r in world["pretrain"] if r["kind"] != "task"}
     assert {(r["kind"], r["category"], _slot(r)) for r in world["eval_benign"]} & pretrain
-    eval_pairs = {_slot(r) for r in world["eval_arithmetic"]}
-    assert not eval_pairs & {_slot(r) for r in world["pretrain"] if r["kind"] == "task"}
+    # Word problems: the sums are known from training, the people asking are new.
+    trained = [r for s in ("pretrain", *TRAIN_SPLITS) for r in world[s] if r["kind"] == "task"]
+    assert {_slot(r) for r in trained} == set(toy.TRAIN_NAMES)
+    assert {_slot(r) for r in world["eval_arithmetic"]} == set(toy.EVAL_NAMES)
+    assert {_pair(r) for r in world["eval_arithmetic"]} <= {_pair(r) for r in trained}
 
 
 def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(world):

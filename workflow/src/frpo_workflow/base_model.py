@@ -40,7 +40,7 @@ class TinyModelConfig:
     num_heads: int = 4
     intermediate_size: int = 384
     max_position_embeddings: int = 128
-    pretrain_epochs: float = 6.0
+    pretrain_epochs: float = 15.0
     batch_size: int = 64
     lr: float = 3e-3
     warmup_frac: float = 0.05
