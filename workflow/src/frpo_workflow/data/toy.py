@@ -17,9 +17,10 @@ whether it recalls a fact it never saw.
 Word problems (the downstream task) are the exception: they cover every operand pair, and their
 evaluation split is held out by the people in them (names no training split uses). A ~1M-parameter
 model stores sums as a lookup table and cannot add pairs it never saw: with pairs held out, task
-accuracy stayed at noise level (0-0.16) and an arithmetic fine-tune on training pairs even lowered
-it (0.28 -> 0.09, measured). Held out by wording, task accuracy measures whether the skill is there,
-so its loss under a downstream fine-tune is visible (base 0.83; affirmative SFT -> 0.16).
+accuracy stayed at noise level (0-0.16 with sums to 20), and with sums to 10 an arithmetic fine-tune
+on training pairs lowered it (0.28 -> 0.09, measured). Held out by wording, task accuracy measures
+whether the skill is there, so its loss under a downstream fine-tune is visible (base 0.83;
+affirmative SFT -> 0.16).
 """
 
 from __future__ import annotations
