@@ -22,6 +22,11 @@ def length_reward(prompts, completions, **kwargs):
     return [10.0 / (1 + len(c[0]["content"])) for c in completions]
 
 
+def checksum(model) -> float:
+    """Sum of every parameter, in float64: equal on two replicas only if they hold the same weights."""
+    return sum(float(p.detach().double().sum()) for p in model.parameters())
+
+
 def main(model_dir: str, out_dir: str) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     args = GRPOConfig(output_dir=f"{out_dir}/checkpoints", use_cpu=True, bf16=False, report_to="none", max_steps=2,
@@ -43,9 +48,9 @@ def main(model_dir: str, out_dir: str) -> None:
     trainer._compute_loss = record
     trainer.train()
     rank = trainer.accelerator.process_index
-    checksum = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump({"world_size": trainer.accelerator.num_processes, "steps": seen, "checksum": checksum}, f)
+        json.dump({"world_size": trainer.accelerator.num_processes, "steps": seen,
+                   "checksum": checksum(trainer.model)}, f)
 
 
 if __name__ == "__main__":

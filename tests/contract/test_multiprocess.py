@@ -17,14 +17,10 @@ import pytest
 from frpo_workflow.base_model import TinyModelConfig, build_tiny_model, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import N_GEN, PROMPTS, WORDS  # noqa: E402
+from ddp_worker import N_GEN, PROMPTS, WORDS, checksum  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WORLD = 2
-
-
-def _checksum(model) -> float:
-    return sum(float(p.detach().double().sum()) for p in model.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def ranks(tmp_path_factory):
            str(Path(__file__).parent / "ddp_worker.py"), str(root / "model"), str(root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)], _checksum(model)
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)], checksum(model)
 
 
 def test_two_processes_ran(ranks):
