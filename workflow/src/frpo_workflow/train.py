@@ -10,7 +10,6 @@ adapter) with its tokenizer to the output directory and then removes its checkpo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -146,18 +145,26 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def run_fingerprint(model_dir, records: list[dict], cfg: CommonTrainConfig) -> str:
-    """What a run trains from: its settings, its data and its starting model (sha256 hex).
+    """What a run trains from: its settings, its data and its starting model, as a `config_hash`.
 
     The model is identified by its provenance.json (rewritten whenever its job reruns), or by its
     content where it has none; hashing multi-GB weights at every job start is what that avoids.
     """
     from .provenance import FILENAME, file_sha256, path_sha256
+    from .tracking import config_hash
 
     model_dir = Path(model_dir)
     provenance = model_dir / FILENAME
     model = file_sha256(provenance) if provenance.exists() else path_sha256(model_dir)
-    payload = {"settings": dataclasses.asdict(cfg), "records": records, "model": model}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return config_hash({"settings": dataclasses.asdict(cfg), "records": records, "model": model})
+
+
+def _remove_checkpoints(checkpoint_dir: Path) -> int:
+    """Delete every `checkpoint-N` folder of a run; returns how many there were."""
+    stale = sorted(checkpoint_dir.glob("checkpoint-*"))
+    for path in stale:
+        shutil.rmtree(path)
+    return len(stale)
 
 
 def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str | None:
@@ -171,12 +178,9 @@ def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str 
     if is_main:
         recorded = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else None
         if recorded != fingerprint:
-            stale = sorted(checkpoint_dir.glob("checkpoint-*"))
-            if stale:
-                log.warning("discarding %d checkpoint(s) in %s: written by another configuration", len(stale),
+            if removed := _remove_checkpoints(checkpoint_dir):
+                log.warning("discarded %d checkpoint(s) in %s: written by another configuration", removed,
                             checkpoint_dir)
-            for path in stale:
-                shutil.rmtree(path)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return last_checkpoint(checkpoint_dir)
@@ -193,8 +197,7 @@ def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint
     if trainer.is_world_process_zero():
         # The saved model is the result; a full fine-tune's checkpoints (weights + optimizer state) are
         # several times its size and serve only a resume, which a finished run no longer needs.
-        for path in checkpoint_dir.glob("checkpoint-*"):
-            shutil.rmtree(path)
+        _remove_checkpoints(checkpoint_dir)
     history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
     return {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
             "resumed_from": resume, "log_history": history}
