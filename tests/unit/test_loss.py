@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss
+from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss, sequence_log_ratio
 
 
 def _log_mean_exp(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -167,6 +167,56 @@ def test_row_order_does_not_matter():
     a = frpo_loss(logps, old, adv, mask, gid, 0.2)
     b = frpo_loss(logps[perm], old[perm], adv[perm], mask[perm], gid[perm], 0.2)
     assert torch.allclose(a, b)
+
+
+def test_sequence_log_ratio_gradient_is_exact():
+    # The fused backward against finite differences, for both inputs, with partly and fully masked rows
+    # and ratios on both sides of the clip (a plain mean below 1 - eps_low, capped above 1 + eps_high).
+    logps, old, _, mask, _, _ = make_batch(n_groups=2, n=3, T=6, dtype=torch.float64, seed=5)
+    old = old + 0.4 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mask[1] = False
+    logps.requires_grad_(True)
+    old.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: sequence_log_ratio(a, b, mask, 0.2, 0.2), (logps, old))
+    log_ratio = (logps - old).detach()
+    assert (log_ratio[mask] > 0.2).any() and (log_ratio[mask] < -0.3).any()  # both regions exercised
+
+
+def test_unequal_group_sizes_match_reference():
+    # Unequal sizes take the padded layout; the trainer's equal-size batches take the reshaped one.
+    logps, old, adv, mask, _, _ = make_batch(n_groups=1, n=13, dtype=torch.float64, seed=4, shuffle=False)
+    gid = torch.tensor([9, 2, 2, 5, 5, 5, 5, 2, 9, 9, -1, 9, 9])  # sizes 5, 3, 4 and 1, rows interleaved
+    adv = adv * 10
+    for jk in (True, False):
+        ref_v, ref_g = _value_and_grad(reference_loss, logps, old, adv, mask, gid, 0.1, jackknife=jk)
+        got_v, got_g = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, 0.1, jackknife=jk)
+        assert torch.allclose(got_v, ref_v) and torch.allclose(got_g, ref_g)
+
+
+def test_padded_layout_equals_equal_size_layout():
+    # The loss is a mean of per-group terms, so 4·L(4 groups) = 3·L(3 equal groups) + L(the odd one):
+    # the padded path (sizes 4, 4, 4, 2) against the reshaped one (4, 4, 4) on the same rows.
+    logps, old, adv, mask, gid, _ = make_batch(n_groups=3, n=4, dtype=torch.float64, seed=6)
+    extra = make_batch(n_groups=1, n=2, dtype=torch.float64, seed=7)
+    both = [torch.cat([a, b]) for a, b in zip((logps, old, adv, mask), extra[:4])]
+    both_gid = torch.cat([gid, torch.tensor([100, 100])])
+    for jk in (True, False):
+        v_all, g_all = _value_and_grad(frpo_loss, both[0], *both[1:], both_gid, 0.3, jackknife=jk)
+        v_eq, g_eq = _value_and_grad(frpo_loss, logps, old, adv, mask, gid, 0.3, jackknife=jk)
+        v_one, g_one = _value_and_grad(frpo_loss, *extra[:4], torch.tensor([100, 100]), 0.3, jackknife=jk)
+        assert torch.allclose(4 * v_all, 3 * v_eq + v_one)
+        assert torch.allclose(4 * g_all, torch.cat([3 * g_eq, g_one]))
+
+
+def test_group_id_values_and_row_order_do_not_matter():
+    # Contiguous rows with ids 0..G-1 (the reshaped layout as is) against shuffled rows with arbitrary ids.
+    logps, old, adv, mask, gid, _ = make_batch(n_groups=4, n=4, dtype=torch.float64, shuffle=False, seed=8)
+    v, g = _value_and_grad(frpo_loss, logps, old, adv, mask, torch.arange(4).repeat_interleave(4), 0.2)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    odd_ids = torch.tensor([2**40, -7, 0, 5]).repeat_interleave(4)
+    v_p, g_p = _value_and_grad(frpo_loss, logps[perm], old[perm], adv[perm], mask[perm], odd_ids[perm], 0.2)
+    assert torch.allclose(v, v_p) and torch.allclose(g[perm], g_p)
+    assert torch.allclose(frpo_weights(adv, gid, 0.2)[perm], frpo_weights(adv[perm], odd_ids[perm], 0.2))
 
 
 def test_group_ids_are_exact_not_positional():

@@ -11,6 +11,11 @@ or its jackknife  n·log u_g − ((n−1)/n) Σ_i log u_g^(−i).
 Everything is computed in log space: exp(−A/λ) reaches e^5000 for A = −50, λ = 0.01, so u_g is never
 formed; log u_g = logsumexp_i(log ρ_i − A_i/λ) − log n. Leave-one-out terms are logsumexps over the
 other members (never log(sum − e_i), which cancels to 0 when one completion dominates the group).
+
+Cost: the loss depends on the (B, T) log-probs only through the B numbers log ρ_i, so the token work
+is one fused pass (`_SequenceLogRatio`: a masked logsumexp whose backward is a single multiply) and
+the group algebra runs on a (G, n) table of B entries. Its forward + backward costs about what GRPO's
+clipped surrogate does (benchmarks/frpo_loss.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # A finite stand-in for log(0): masked tokens and padded group slots. Finite (unlike -inf) so no
 # backward pass ever computes inf − inf; exp() of it is exactly 0 in float32.
@@ -32,43 +38,72 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
+class _SequenceLogRatio(torch.autograd.Function):
+    """log ρ_i (B,) from (B, T) log-probs, with a backward that is one (B, T) multiply.
+
+    min(r, clip(r, 1−ε_low, 1+ε_high)) = min(r, 1+ε_high) is monotone in r, so its log is
+    c_it = min(log r_it, log(1+ε_high)) and log ρ_i is a masked logsumexp of c_i minus log(token count).
+    Its derivative d log ρ_i / d log π_θ(y_it) = softmax_t(c_i)_t · [log r_it ≤ log(1+ε_high)] is
+    formed in the same pass and kept (unnormalised, with its (B,) normaliser), so backward is one
+    multiply; autograd through the same ops would save and replay half a dozen (B, T) intermediates.
+    A completion with no unmasked token gets log ρ = log 0 (it then carries no weight) and no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logps, old_logps, keep, cap):
+        log_ratio = logps - old_logps
+        passes = (log_ratio <= cap) & keep  # tokens whose ratio is below the cap carry gradient
+        clipped = torch.where(keep, log_ratio.clamp_(max=cap), _LOG_ZERO)
+        shift = clipped.amax(-1, keepdim=True)  # per-row max: no underflow of the token mean
+        weights = clipped.sub_(shift).exp_()
+        total = weights.sum(-1)
+        n_tokens = keep.sum(-1).clamp(min=1).to(logps.dtype)
+        ctx.save_for_backward(weights.mul_(passes), total)
+        return shift.squeeze(-1) + total.log() - n_tokens.log()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        weights, total = ctx.saved_tensors
+        grad_logps = weights * (grad / total).unsqueeze(-1)
+        return grad_logps, (-grad_logps if ctx.needs_input_grad[1] else None), None, None
+
+
 def sequence_log_ratio(
     logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float
 ) -> torch.Tensor:
-    """log ρ_i: log of the token mean of the (upper-)clipped importance ratio, per completion (B,).
-
-    min(r, clip(r, 1−ε_low, 1+ε_high)) = min(r, 1+ε_high) is monotone in r, so its log is
-    min(log r, log(1+ε_high)); the token mean is a masked logsumexp minus log(token count).
-    A completion with no unmasked token gets log ρ = log 0 (it then carries no weight).
-    """
+    """log ρ_i: log of the token mean of the (upper-)clipped importance ratio, per completion (B,)."""
     if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
         raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, eps_high={eps_high}")
-    log_ratio = logps - old_logps
-    clipped = torch.clamp(log_ratio, math.log1p(-eps_low), math.log1p(eps_high))
-    per_token = torch.minimum(log_ratio, clipped)
-    keep = mask.bool()
-    per_token = per_token.masked_fill(~keep, _LOG_ZERO)
-    n_tokens = keep.sum(-1).clamp(min=1).to(per_token.dtype)
-    return torch.logsumexp(per_token, dim=-1) - torch.log(n_tokens)
+    return _SequenceLogRatio.apply(logps, old_logps, mask.bool(), math.log1p(eps_high))
 
 
-def _pad_groups(values: torch.Tensor, group_ids: torch.Tensor, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scatter (B,) values into a (G, n_max) table, one row per distinct group id, padded with `fill`.
+def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (G, n) row-index table of the groups, one row per distinct id (ascending), and the (G,) sizes.
 
-    Rows of a group need not be contiguous. Returns the table and the (G,) group sizes.
+    Rows of a group need not be contiguous. Groups of equal size (what the trainer passes) are the
+    stably sorted row order reshaped; unequal ones are padded with index B (see `_table`).
     """
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    order = torch.argsort(inverse, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    sorted_groups = inverse[order]
-    slot = torch.arange(len(order), device=values.device) - starts[sorted_groups]
-    table = values.new_full((len(counts), int(counts.max())), fill)
-    table = table.index_put((sorted_groups, slot), values[order])
-    return table, counts
+    order = torch.argsort(group_ids, stable=True)
+    _, counts = torch.unique_consecutive(group_ids[order], return_counts=True)
+    size = int(counts.max())
+    if size * len(counts) == len(order):
+        return order.view(len(counts), size), counts
+    slots = torch.arange(size, device=order.device)
+    starts = (torch.cumsum(counts, 0) - counts).unsqueeze(1)
+    index = order[(starts + slots).clamp(max=len(order) - 1)]
+    return torch.where(slots < counts.unsqueeze(1), index, len(order)), counts
+
+
+def _table(values: torch.Tensor, index: torch.Tensor, fill: float) -> torch.Tensor:
+    """(B,) values laid out as the (G, n) table of `_group_index`; padded slots hold `fill`."""
+    if index.numel() > len(values):  # padded: index B points at the fill value
+        values = torch.cat([values, values.new_full((1,), fill)])
+    return values[index]
 
 
 def _group_log_means(log_w: torch.Tensor, counts: torch.Tensor, jackknife: bool) -> torch.Tensor:
-    """J_g per group from a padded (G, n) table of log-weights log ρ_i − A_i/λ."""
+    """J_g per group from a (G, n) table of log-weights log ρ_i − A_i/λ, padded with log 0."""
     n = counts.to(log_w.dtype)
     log_u = torch.logsumexp(log_w, dim=1) - torch.log(n)
     if not jackknife:
@@ -119,22 +154,22 @@ def frpo_loss(
 
     dtype = _work_dtype(logps, old_logps, advantages)
     log_rho = sequence_log_ratio(logps.to(dtype), old_logps.to(dtype), mask, eps_low, eps_high)
-    log_w = log_rho - advantages.to(dtype) / lam
+    index, counts = _group_index(group_ids)
+    log_rho = _table(log_rho, index, _LOG_ZERO)
+    log_w = log_rho - _table(advantages.to(dtype), index, 0.0) / lam
 
-    table, counts = _pad_groups(log_w, group_ids, _LOG_ZERO)
-    objective = _group_log_means(table, counts, jackknife).mean()
-    if baseline:
-        rho_table, _ = _pad_groups(log_rho.exp(), group_ids, 0.0)
-        objective = objective - (rho_table.sum(1) / counts.to(dtype)).mean()
+    objective = _group_log_means(log_w, counts, jackknife).mean()
+    if baseline:  # padded slots hold ρ = exp(log 0) = 0
+        objective = objective - (log_rho.exp().sum(1) / counts.to(dtype)).mean()
     return max(lam, 1.0) * objective
 
 
 def frpo_weights(advantages: torch.Tensor, group_ids: torch.Tensor, lam: float) -> torch.Tensor:
     """Each completion's normalised FRPO weight softmax_{i∈g}(−A_i/λ), (B,); for logging (entropy)."""
     scores = -advantages.to(_work_dtype(advantages)) / lam
-    table, _ = _pad_groups(scores, group_ids, _LOG_ZERO)
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    return torch.exp(scores - torch.logsumexp(table, dim=1)[inverse])
+    index, _ = _group_index(group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # same ascending order as the table rows
+    return torch.exp(scores - torch.logsumexp(_table(scores, index, _LOG_ZERO), dim=1)[inverse])
 
 
 def grpo_loss(
