@@ -1,0 +1,146 @@
+"""Reward and judge registry: every judge scores completions with TRL's reward-function contract.
+
+    fn(prompts: list, completions: list, **kwargs) -> list[float | None]
+
+`prompts` are strings or chat-message lists (system turns allowed); `completions` are strings or
+conversational message lists; `kwargs` carry the dataset columns as lists (`kind`, `answer`,
+`category`, `id`, ...) plus TRL extras (`completion_ids`, `trainer_state`, ...) that judges ignore. A
+judge returns None on rows it does not apply to, so TRL leaves them out of that judge's mean and reward
+is logged by source. The same functions score training rollouts and evaluation generations, so a
+metric and its reward can never drift apart.
+
+One file per family: `rules` (refusal phrases, exact match).
+
+Config names a judge by string (`"safety"`) or by spec (`{"name": "strongreject_safety", "device":
+"cuda"}`); `build_judge` resolves plain judges from `JUDGES` and model-backed judges from
+`JUDGE_FACTORIES`. A factory judge is built once per process for equal specs (the cache key is the
+spec's canonical JSON), so a job that names it as a reward and as a metric loads its model once.
+Under multi-process training every rank is its own process, so every rank holds its own copy, on
+its own device.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+Judge = Callable[..., list]
+
+JUDGES: dict[str, Judge] = {}
+# Model-backed judges (HarmBench classifier, StrongREJECT, reward models) are built from options, so
+# they register a factory `(**options) -> judge` instead of a judge.
+JUDGE_FACTORIES: dict[str, Callable[..., Judge]] = {}
+# canonical JSON of a factory spec -> (the factory that built it, the judge); per process.
+_BUILT: dict[str, tuple[Callable[..., Judge], Judge]] = {}
+
+
+def _refuse_duplicate(name: str) -> None:
+    if name in JUDGES or name in JUDGE_FACTORIES:
+        raise ValueError(f"judge {name!r} is already registered")
+
+
+def register_judge(name: str):
+    """Decorator adding a judge to `JUDGES` under `name` (also its `__name__`: TRL logs rewards by it)."""
+    def add(fn: Judge) -> Judge:
+        _refuse_duplicate(name)
+        fn.__name__ = name
+        JUDGES[name] = fn
+        return fn
+    return add
+
+
+def register_judge_factory(name: str):
+    """Decorator adding a factory `(**options) -> judge` to `JUDGE_FACTORIES` under `name`."""
+    def add(factory: Callable[..., Judge]) -> Callable[..., Judge]:
+        _refuse_duplicate(name)
+        JUDGE_FACTORIES[name] = factory
+        return factory
+    return add
+
+
+def _known() -> str:
+    return ", ".join(sorted({*JUDGES, *JUDGE_FACTORIES}))
+
+
+def get_judge(name: str) -> Judge:
+    """The plain judge registered as `name`."""
+    if name not in JUDGES:
+        raise ValueError(f"unknown judge {name!r}; known judges: {_known()}")
+    return JUDGES[name]
+
+
+def spec_key(spec: dict) -> str:
+    """The canonical JSON of a judge spec: equal specs, in any key order, give equal keys."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def build_judge(spec: str | dict) -> Judge:
+    """A judge from config: a name, or `{"name": ..., **options}` for a factory judge.
+
+    A factory judge is built once per process for equal specs; its `__name__` is its registry name.
+    """
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if "name" not in options:
+        raise ValueError(f"judge spec {spec!r} has no 'name'; known judges: {_known()}")
+    name = options.pop("name")
+    if name in JUDGE_FACTORIES:
+        factory, key = JUDGE_FACTORIES[name], spec_key({"name": name, **options})
+        built = _BUILT.get(key)
+        if built is None or built[0] is not factory:
+            judge = factory(**options)
+            judge.__name__ = name
+            built = _BUILT[key] = (factory, judge)
+        return built[1]
+    judge = get_judge(name)
+    if options:
+        raise ValueError(f"judge {name!r} takes no options, got {sorted(options)}")
+    return judge
+
+
+def clear_judge_cache() -> None:
+    """Forget every built factory judge of this process (frees their memory)."""
+    _BUILT.clear()
+
+
+def completion_text(completion) -> str:
+    """The text of a completion, given as a string or as a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    return "\n".join(message["content"] for message in completion)
+
+
+def prompt_text(prompt) -> str:
+    """The request a prompt makes: the string itself, or the content of a conversation's last user turn.
+
+    Judges that quote the request (HarmBench's "behavior", StrongREJECT's "forbidden prompt") use this:
+    system turns and earlier turns are context the classifiers were not trained to read.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    users = [message["content"] for message in prompt if message.get("role") == "user"]
+    if not users:
+        raise ValueError(f"prompt has no user turn: {prompt!r}")
+    return users[-1]
+
+
+def dataset_column(kwargs: dict, name: str, judge: str, n: int) -> list:
+    """Dataset column `name` from the reward kwargs, checked to have one entry per completion."""
+    if name not in kwargs:
+        raise ValueError(f"judge {judge!r} needs dataset column {name!r}; got columns {sorted(kwargs)}")
+    values = list(kwargs[name])
+    if len(values) != n:
+        raise ValueError(f"judge {judge!r}: column {name!r} has {len(values)} rows for {n} completions")
+    return values
+
+
+# The families register themselves on import; they come last because they use the registry above.
+from . import rules  # noqa: E402
+from .rules import (REFUSAL_PHRASES, contains_word, exact_match, helpfulness, is_refusal,  # noqa: E402
+                    last_number, refusal, safety)
+
+__all__ = [
+    "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "build_judge", "clear_judge_cache",
+    "completion_text", "contains_word", "dataset_column", "exact_match", "get_judge", "helpfulness",
+    "is_refusal", "last_number", "prompt_text", "refusal", "register_judge", "register_judge_factory",
+    "rules", "safety", "spec_key",
+]
