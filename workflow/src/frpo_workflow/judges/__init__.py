@@ -9,7 +9,7 @@ judge returns None on rows it does not apply to, so TRL leaves them out of that 
 is logged by source. The same functions score training rollouts and evaluation generations, so a
 metric and its reward can never drift apart.
 
-One file per family: `rules` (refusal phrases, exact match).
+One file per family: `rules` (refusal phrases, exact match), `math` (boxed-answer verifier).
 
 Config names a judge by string (`"safety"`) or by spec (`{"name": "strongreject_safety", "device":
 "cuda"}`); `build_judge` resolves plain judges from `JUDGES` and model-backed judges from
@@ -134,13 +134,15 @@ def dataset_column(kwargs: dict, name: str, judge: str, n: int) -> list:
 
 
 # The families register themselves on import; they come last because they use the registry above.
-from . import rules  # noqa: E402
+from . import math, rules  # noqa: E402
+from .math import boxed_answers, is_equiv, math_correct, math_format, normalize_answer  # noqa: E402
 from .rules import (REFUSAL_PHRASES, contains_word, exact_match, helpfulness, is_refusal,  # noqa: E402
                     last_number, refusal, safety)
 
 __all__ = [
-    "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "build_judge", "clear_judge_cache",
-    "completion_text", "contains_word", "dataset_column", "exact_match", "get_judge", "helpfulness",
-    "is_refusal", "last_number", "prompt_text", "refusal", "register_judge", "register_judge_factory",
-    "rules", "safety", "spec_key",
+    "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "boxed_answers", "build_judge",
+    "clear_judge_cache", "completion_text", "contains_word", "dataset_column", "exact_match",
+    "get_judge", "helpfulness", "is_equiv", "is_refusal", "last_number", "math", "math_correct",
+    "math_format", "normalize_answer", "prompt_text", "refusal", "register_judge",
+    "register_judge_factory", "rules", "safety", "spec_key",
 ]
