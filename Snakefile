@@ -1,6 +1,7 @@
-"""FRPO study: base model -> alignment sweep (GRPO, FRPO-λ) -> downstream fine-tunes -> evaluation -> report.
+"""FRPO study: data -> base model -> alignment sweep (GRPO, FRPO-λ) -> downstream fine-tunes -> evaluation -> report.
 
 Output paths read as lineage (see workflow/src/frpo_workflow/paths.py):
+    results/data/datasets/{dataset}                        every dataset the study reads, as records
     results/base_model/{model}
     results/aligned/{model}/{method}                       method = grpo | frpo-l<λ>
     results/finetuned/{model}/{method}/{regime}/seed{seed}
@@ -9,13 +10,25 @@ Output paths read as lineage (see workflow/src/frpo_workflow/paths.py):
 Logs, benchmarks and checkpoints mirror these paths under results/{logs,benchmarks,checkpoints}/.
 """
 
+import copy
+
 from snakemake.utils import min_version, validate
+
+from frpo_workflow import plan
 
 min_version("9.0")
 
 
 # ---- configuration -------------------------------------------------------------------------
-configfile: "config.yaml"
+# A preset (`standalone: true`) is a whole study; any other --configfile is an overlay over config.yaml.
+# Decided from the command-line config alone, so every job Snakemake spawns (SLURM jobs re-read this
+# file with the same --configfiles, but without --replace-workflow-config) builds the driver's config.
+if not config.get("standalone"):
+    _overlay = copy.deepcopy(config)
+
+    configfile: "config.yaml"
+
+    config = plan.apply_overlay(config, _overlay)
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -4,7 +4,8 @@
 rule align:
     input:
         model=rules.base_model.output[0],
-        data=rules.data.output[0],
+        data=dataset_dir(config["align"]["dataset"]),
+        checked=data_checked(),
     output:
         directory(out(paths.ALIGNED)),
     log:

@@ -3,7 +3,7 @@
 
 rule base_model:
     input:
-        data=rules.data.output[0],
+        unpack(base_model_inputs),
     output:
         directory(out(paths.BASE)),
     log:
@@ -22,6 +22,7 @@ rule base_model:
     params:
         spec=base_model_spec,
         job=lambda wc: job_json("base_model", wc),
+        data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
     shell:
         "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
-        " --data {input.data} --out {output} > {log} 2>&1"
+        " {params.data} --out {output} > {log} 2>&1"

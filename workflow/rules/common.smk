@@ -5,12 +5,13 @@ import json
 import os
 import re
 
-from frpo_workflow import paths, plan
+from frpo_workflow import data, paths, plan
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-plan.check_references(config)
+plan.check_config(config)
 
 RESULTS = config["results_dir"]
+DATASETS = plan.used_datasets(config)
 MODELS = list(config["models"])
 METHODS = plan.method_keys(config)
 REGIMES = list(config["finetune"]["regimes"])
@@ -18,6 +19,7 @@ SEEDS = config["finetune"]["seeds"]
 
 
 wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
     model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
     method=r"grpo|frpo-l[0-9.e-]+",
     regime="[A-Za-z0-9_.-]+",
@@ -44,8 +46,28 @@ def job_json(rule_name, wildcards):
                     "wildcards": dict(wildcards.items())})
 
 
-def dataset(name):
-    return config["datasets"][name]
+def dataset_dir(name):
+    """The folder holding dataset `name` as records (written by the `dataset` rule)."""
+    return out(paths.DATASET.format(dataset=name))
+
+
+def data_checked():
+    """Every model job waits for the data check; ancient(): a re-check (an evaluation file edited)
+    does not by itself rerun jobs whose own data did not change."""
+    return ancient(out(paths.DATA_CHECK))
+
+
+def dataset_spec(name):
+    return plan.dataset_spec(config, name)
+
+
+def dataset_inputs(wildcards):
+    """What a dataset job reads: its local files (so editing one reruns it) and the toy world if needed."""
+    spec = dataset_spec(wildcards.dataset)
+    inputs = {"files": [str(p) for p in data.local_files(spec)]}
+    if '"type": "toy"' in as_json(spec):
+        inputs["toy_world"] = out(paths.TOY_WORLD)
+    return inputs
 
 
 def state_record(stage, wildcards):
@@ -56,8 +78,14 @@ def state_record(stage, wildcards):
             "regime": wildcards.get("regime"), "seed": int(wildcards.seed) if "seed" in wildcards.keys() else None}
 
 
-def eval_sets():
-    return {name: dataset(ds) for name, ds in config["evaluate"]["sets"].items()}
+def eval_set_dirs():
+    """{set: dataset folder} of the evaluation sets (harmful, benign, task)."""
+    return {name: dataset_dir(ds) for name, ds in config["evaluate"]["sets"].items()}
+
+
+def named_dirs(option, dirs):
+    """A CLI option taking NAME=DIR pairs, e.g. `--eval-data harmful=results/data/datasets/eval_harmful`."""
+    return f"{option} " + " ".join(f"{name}={path}" for name, path in dirs.items())
 
 
 def accelerate_launch(family="train"):
@@ -91,27 +119,53 @@ def all_finetunes():
 
 
 # ---- per-job settings (params): each job's slice of the config, nothing more ----------------
+def base_model_inputs(wildcards):
+    model = config["models"][wildcards.model]
+    inputs = {"checked": data_checked()}
+    if model["source"] == "tiny":
+        inputs["data"] = dataset_dir(model["pretrain_dataset"])
+    return inputs
+
+
 def base_model_spec(wildcards):
     model = config["models"][wildcards.model]
-    corpus = dataset(model["pretrain_dataset"]) if model["source"] == "tiny" else None
+    corpus = model["pretrain_dataset"] if model["source"] == "tiny" else None
     return as_json({"model": model, "corpus": corpus})
 
 
 def align_spec(wildcards):
     return as_json({"settings": plan.method_settings(config, wildcards.method),
-                    "dataset": dataset(config["align"]["dataset"])})
+                    "dataset": config["align"]["dataset"]})
+
+
+def regime_dataset_dir(wildcards):
+    return dataset_dir(config["finetune"]["regimes"][wildcards.regime]["dataset"])
 
 
 def finetune_spec(wildcards):
     kind, name, settings = plan.regime_settings(config, wildcards.regime, int(wildcards.seed))
-    return as_json({"type": kind, "settings": settings, "dataset": dataset(name),
-                    "curves": config["finetune"]["curves"], "eval_sets": eval_sets(),
-                    "state": state_record("finetuned", wildcards)})
+    curves = {**config["finetune"]["curves"], **config["finetune"]["regimes"][wildcards.regime].get("curves", {})}
+    return as_json({"type": kind, "settings": settings, "dataset": name, "curves": curves,
+                    "max_prompt_length": config["evaluate"]["max_prompt_length"],
+                    "eval_sets": config["evaluate"]["sets"], "state": state_record("finetuned", wildcards)})
 
 
 def evaluate_spec(stage):
     def spec(wildcards):
-        settings = {k: v for k, v in config["evaluate"].items() if k != "sets"}
-        return as_json({**settings, "sets": eval_sets(), "state": state_record(stage, wildcards)})
+        return as_json({**config["evaluate"], "state": state_record(stage, wildcards)})
 
     return spec
+
+
+def data_check_spec():
+    """What the data check needs beyond the records: how each dataset is used, and by which judges."""
+    regimes = config["finetune"]["regimes"]
+    return as_json({
+        "uses": plan.dataset_uses(config),
+        "rewards": {**{f"align ({m})": [config["align"]["dataset"], plan.method_settings(config, m).get("rewards", [])]
+                       for m in METHODS},
+                    **{f"finetune.regimes.{r}": [spec["dataset"], spec.get("rewards", [])]
+                       for r, spec in regimes.items() if spec["type"] == "rl"}},
+        "completions": {f"finetune.regimes.{r}": spec["dataset"] for r, spec in regimes.items() if spec["type"] == "sft"},
+        "eval_sets": config["evaluate"]["sets"],
+    })

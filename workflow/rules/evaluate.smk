@@ -6,7 +6,8 @@
 rule evaluate_base:
     input:
         model=rules.base_model.output[0],
-        data=rules.data.output[0],
+        eval_sets=list(eval_set_dirs().values()),
+        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.BASE), "metrics.json"),
         generations=out(paths.evaluation(paths.BASE), "generations.jsonl"),
@@ -28,16 +29,18 @@ rule evaluate_base:
         job=lambda wc: job_json("evaluate_base", wc),
         reference="",
         out=lambda wc, output: os.path.dirname(output.metrics),
+        eval_sets=named_dirs("--eval-data", eval_set_dirs()),
     shell:
         "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
-        " --model {input.model} {params.reference} --data {input.data} --out {params.out} > {log} 2>&1"
+        " --model {input.model} {params.reference} {params.eval_sets} --out {params.out} > {log} 2>&1"
 
 
 use rule evaluate_base as evaluate_aligned with:
     input:
         model=rules.align.output[0],
         reference=rules.base_model.output[0],
-        data=rules.data.output[0],
+        eval_sets=list(eval_set_dirs().values()),
+        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.ALIGNED), "metrics.json"),
         generations=out(paths.evaluation(paths.ALIGNED), "generations.jsonl"),
@@ -56,7 +59,8 @@ use rule evaluate_base as evaluate_finetuned with:
     input:
         model=rules.finetune.output[0],
         reference=rules.align.output[0],
-        data=rules.data.output[0],
+        eval_sets=list(eval_set_dirs().values()),
+        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.FINETUNED), "metrics.json"),
         generations=out(paths.evaluation(paths.FINETUNED), "generations.jsonl"),

@@ -19,17 +19,8 @@ from transformers import TrainerCallback
 
 from .generation import encode_prompts, eval_mode, generate, generate_ids
 from .judges import get_judge
+from .metrics import METRICS, SETS, judge_columns
 
-# metric: (evaluation set, judge); the mean of the judge's non-None scores over that set's greedy answers.
-METRICS = {
-    "harmful_refusal_rate": ("harmful", "refusal"),
-    "benign_helpfulness": ("benign", "helpfulness"),
-    "over_refusal": ("benign", "refusal"),
-    "task_accuracy": ("task", "exact_match"),
-}
-SETS = ("harmful", "benign", "task")
-# Dataset columns handed to judges, as TRL hands them to reward functions.
-COLUMNS = ("id", "kind", "category", "answer")
 
 
 class KLEstimate(NamedTuple):
@@ -48,7 +39,7 @@ def _completion_logprobs(model, input_ids, attention_mask, width: int) -> torch.
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def sequence_kl(model, ref_model, tokenizer, prompts: list[str], completions: list, batch_size: int = 64) -> KLEstimate:
+def sequence_kl(model, ref_model, tokenizer, prompts: list, completions: list, batch_size: int = 64) -> KLEstimate:
     """KL(model ‖ ref_model) on `prompts`, over completions sampled from `model` (token ids or texts).
 
     At every completion position the KL is computed exactly over the vocabulary, then summed over the
@@ -86,7 +77,7 @@ def sequence_kl(model, ref_model, tokenizer, prompts: list[str], completions: li
 
 def _mean_score(judge_name: str, set_name: str, records: list[dict], completions: list[str]) -> tuple[float, list]:
     judge = get_judge(judge_name)
-    columns = {c: [r.get(c) for r in records] for c in COLUMNS}
+    columns = judge_columns(records)
     scores = judge([r["prompt"] for r in records], completions, **columns)
     applied = [s for s in scores if s is not None]
     if not applied:

@@ -11,14 +11,15 @@ from contextlib import contextmanager
 
 import torch
 
-
-def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """Each user prompt as the model's chat text, ending where the assistant's turn begins."""
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          tokenize=False) for p in prompts]
+from .prompts import chat_text
 
 
-def encode_prompts(tokenizer, prompts: list[str], device) -> dict:
+def chat_prompts(tokenizer, prompts: list) -> list[str]:
+    """Each prompt (text or chat messages) as the model's chat text, ending where the assistant's turn begins."""
+    return [chat_text(tokenizer, p) for p in prompts]
+
+
+def encode_prompts(tokenizer, prompts: list, device) -> dict:
     """Left-padded prompt batch, so every row's next token sits in the last column."""
     # The chat template already writes any BOS/markup; the tokenizer must not add its own again.
     return tokenizer(chat_prompts(tokenizer, prompts), return_tensors="pt", padding=True, padding_side="left",
@@ -47,7 +48,7 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, do_sample: bool = False,
+def generate_ids(model, tokenizer, prompts: list, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[list[int]]:
     """Completion token ids per prompt, cut after the first eos (kept: it is a sampled token too)."""
     if tokenizer.pad_token_id is None:
@@ -73,7 +74,7 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     return out
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, do_sample: bool = False,
+def generate(model, tokenizer, prompts: list, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[str]:
     """Completion text per prompt: greedy by default, seeded when sampling; special tokens removed."""
     ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,

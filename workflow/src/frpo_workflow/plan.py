@@ -36,6 +36,18 @@ def method_lambda(method: str) -> float | None:
     return float(match["lam"]) if match["lam"] else None
 
 
+def _layered(*layers: dict) -> dict:
+    """Settings layers merged in order; a layer that sets `steps` or `epochs` drops the other's earlier
+    value, so a per-method `epochs` overrides the defaults' `steps` instead of conflicting with it."""
+    merged: dict = {}
+    for layer in layers:
+        for a, b in (("steps", "epochs"), ("epochs", "steps")):
+            if a in layer:
+                merged.pop(b, None)
+        merged.update(layer)
+    return merged
+
+
 def method_settings(config: dict, method: str) -> dict:
     """Training settings of one alignment method (PolicyConfig fields)."""
     align = config["align"]
@@ -44,13 +56,13 @@ def method_settings(config: dict, method: str) -> dict:
     settings = dict(align.get("defaults", {}))
     lam = method_lambda(method)
     if lam is None:
-        return {**settings, **(align.get("grpo") or {}), "method": "grpo"}
+        return {**_layered(settings, align.get("grpo") or {}), "method": "grpo"}
     frpo = align.get("frpo", {})
     per_lambda = {format_lambda(float(k)): v for k, v in frpo.get("per_lambda", {}).items()}
     unknown = set(per_lambda) - {format_lambda(x) for x in frpo.get("lambdas", [])}
     if unknown:
         raise ValueError(f"align.frpo.per_lambda has keys not in align.frpo.lambdas: {sorted(unknown)}")
-    return {**settings, **frpo.get("settings", {}), **per_lambda.get(format_lambda(lam), {}),
+    return {**_layered(settings, frpo.get("settings", {}), per_lambda.get(format_lambda(lam), {})),
             "method": "frpo", "lam": lam, "jackknife": frpo.get("jackknife", True),
             "baseline": frpo.get("baseline", True)}
 
@@ -62,36 +74,130 @@ def regime_settings(config: dict, regime: str, seed: int) -> tuple[str, str, dic
         raise ValueError(f"unknown regime {regime!r}; known: {sorted(regimes)}")
     settings = dict(regimes[regime])
     kind, dataset = settings.pop("type"), settings.pop("dataset")
+    settings.pop("curves", None)  # the curve schedule is the callback's, not the trainer's
     settings["seed"] = seed
     if kind == "rl":
         settings.setdefault("method", "grpo")
     return kind, dataset, settings
 
 
-def check_references(config: dict) -> None:
-    """Every dataset and judge name a config uses must exist; fail before any job starts."""
-    from .judges import build_judge
-
+def dataset_spec(config: dict, name: str, _trail: tuple = ()) -> dict:
+    """The self-contained spec of dataset `name`: names in heldout/mixture specs replaced by their specs,
+    and `key` (the dataset's name, which prefixes generated ids) added."""
     datasets = config.get("datasets", {})
-    uses = [("align.dataset", config["align"]["dataset"])]
-    uses += [(f"models.{m}.pretrain_dataset", spec.get("pretrain_dataset", "pretrain"))
-             for m, spec in config["models"].items() if spec["source"] == "tiny"]
-    uses += [(f"finetune.regimes.{r}.dataset", spec["dataset"])
-             for r, spec in config.get("finetune", {}).get("regimes", {}).items()]
-    uses += [(f"evaluate.sets.{k}", v) for k, v in config.get("evaluate", {}).get("sets", {}).items()]
+    if name not in datasets:
+        raise ValueError(f"config key datasets.{_trail[-1] if _trail else '?'} names dataset {name!r}, "
+                         f"which is not under datasets: {sorted(datasets)}")
+    if name in _trail:
+        raise ValueError(f"datasets {' -> '.join([*_trail, name])}: a dataset cannot contain itself")
+    spec = {**datasets[name], "key": name}
+    trail = (*_trail, name)
+    if spec.get("type") == "heldout":
+        spec["of"] = dataset_spec(config, spec["of"], trail)
+    elif spec.get("type") == "mixture":
+        spec["parts"] = [{**part, "dataset": dataset_spec(config, part["dataset"], trail)} for part in spec["parts"]]
+    return spec
+
+
+def dataset_uses(config: dict) -> dict[str, str]:
+    """Config key -> dataset name, for every dataset a stage reads."""
+    uses = {"align.dataset": config["align"]["dataset"]}
+    uses.update({f"models.{m}.pretrain_dataset": spec.get("pretrain_dataset", "pretrain")
+                 for m, spec in config["models"].items() if spec["source"] == "tiny"})
+    uses.update({f"finetune.regimes.{r}.dataset": spec["dataset"]
+                 for r, spec in config.get("finetune", {}).get("regimes", {}).items()})
+    uses.update({f"evaluate.sets.{k}": v for k, v in config.get("evaluate", {}).get("sets", {}).items()})
+    return uses
+
+
+def used_datasets(config: dict) -> list[str]:
+    """Names of the datasets the study reads, in first-use order (each one a `dataset` job)."""
+    return list(dict.fromkeys(dataset_uses(config).values()))
+
+
+def lora_keys() -> set[str]:
+    """The fields of the installed peft's LoraConfig, read from its source without importing peft
+    (importing it takes seconds, and this runs at every DAG build); tests compare it with the import."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("peft")
+    if spec is None or spec.origin is None:
+        raise ValueError("LoRA settings need peft, which is not installed")
+    root = Path(spec.origin).parent
+    fields = set()
+    for path, classes in ((root / "tuners" / "lora" / "config.py", {"LoraConfig"}),
+                          (root / "config.py", {"PeftConfig", "PeftConfigMixin"})):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name in classes:
+                fields |= {item.target.id for item in node.body
+                           if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+    return fields
+
+
+def apply_overlay(config: dict, overlay: dict) -> dict:
+    """config.yaml merged with an overlay, where an entry that names its `type` (datasets) or `source`
+    (models) replaces config.yaml's entry whole: a parquet `align` must not keep the toy's `split`.
+    Other entries were merged key by key already (Snakemake's own merge), so a tweak stays a tweak."""
+    import copy
+
+    merged = copy.deepcopy(config)
+    for section, marker in (("datasets", "type"), ("models", "source")):
+        for name, entry in (overlay.get(section) or {}).items():
+            if isinstance(entry, dict) and marker in entry:
+                merged.setdefault(section, {})[name] = copy.deepcopy(entry)
+    return merged
+
+
+def check_config(config: dict) -> None:
+    """Everything about a config that can be checked without reading data: fail before any job starts.
+
+    Dataset names resolve (no cycles), each dataset's keys suit its type, model sources have what they
+    need, judges exist, every training job's settings build (keys valid for its run type, FRPO's λ),
+    LoRA keys exist in peft. Data itself is checked by the data stage, before any training job.
+    """
+    from .data.loaders import check_spec
+    from .judges import JUDGE_FACTORIES, JUDGES
+    from .settings import RUN_TYPES
+
+    for key, name in dataset_uses(config).items():
+        dataset_spec(config, name, (key,))
+    for name, spec in config.get("datasets", {}).items():
+        check_spec(spec, f"config key datasets.{name}")
+        for inner in [spec.get("of")] + [p.get("dataset") for p in spec.get("parts", [])]:
+            if inner is not None:
+                dataset_spec(config, inner, (name,))
     needs = {"local": "path", "hf": "repo_id"}
     for model, spec in config["models"].items():
         key = needs.get(spec["source"])
         if key and not spec.get(key):
             raise ValueError(f"config key models.{model}: source {spec['source']!r} needs {key!r}")
-    for key, name in uses:
-        if name not in datasets:
-            raise ValueError(f"config key {key} names dataset {name!r}, which is not under datasets: {sorted(datasets)}")
+
+    def check_judges(specs, where):
+        for judge in specs or []:
+            name = judge if isinstance(judge, str) else judge.get("name")
+            if name not in JUDGES and name not in JUDGE_FACTORIES:
+                raise ValueError(f"{where}: unknown judge {name!r}; known judges: "
+                                 f"{', '.join(sorted({*JUDGES, *JUDGE_FACTORIES}))}")
+
+    def check_lora(lora, where):
+        unknown = sorted(set(lora or {}) - lora_keys())
+        if unknown:
+            raise ValueError(f"{where}.lora: unknown LoRA key(s) {unknown} (not fields of peft's LoraConfig)")
+
     for method in method_keys(config):
-        for spec in method_settings(config, method).get("rewards", []):
-            build_judge(spec)
+        where = f"align ({method})"
+        settings = method_settings(config, method)
+        check_judges(settings.get("rewards"), where + " rewards")
+        RUN_TYPES["rl"](settings, where)
+        check_lora(settings.get("lora"), where)
     for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
-        for judge in spec.get("rewards", []):
-            build_judge(judge)
-        if spec["type"] == "rl" and not spec.get("rewards"):
-            raise ValueError(f"finetune.regimes.{regime}: an rl regime needs rewards (judge names)")
+        where = f"finetune.regimes.{regime}"
+        kind, _, settings = regime_settings(config, regime, 0)
+        check_judges(spec.get("rewards"), where + ".rewards")
+        if kind == "rl" and not spec.get("rewards"):
+            raise ValueError(f"{where}: an rl regime needs rewards (judge names)")
+        RUN_TYPES[kind](settings, where)
+        check_lora(settings.get("lora"), where)

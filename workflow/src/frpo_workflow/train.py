@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,84 +20,14 @@ import torch
 from .base_model import load_model_and_tokenizer
 from .data.loaders import to_dataset
 from .judges import build_judge
+from .prompts import truncate_prompts
+from .settings import CommonTrainConfig, PolicyConfig, SFTRunConfig, policy_config, sft_config  # noqa: F401
 from .trainer import FRPOSettings, FRPOTrainer
 
 log = logging.getLogger(__name__)
 
 # Written into a run's checkpoint folder: which run the checkpoints belong to (see resume_point).
 FINGERPRINT_FILE = "fingerprint.json"
-
-
-def _from_dict(cls, values: dict, where: str):
-    """Build a config dataclass, naming any unknown key (typos must not pass silently)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
-
-
-@dataclass
-class CommonTrainConfig:
-    """Settings shared by every training run."""
-
-    lr: float = 1e-4
-    steps: int = 100
-    warmup_ratio: float = 0.0
-    lr_scheduler: str = "constant_with_warmup"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    bf16: bool = False
-    lora: dict | None = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules, ...); None = full fine-tune
-    save_steps: int = 50  # checkpoint period, for resume after a kill
-    logging_steps: int = 5
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class PolicyConfig(CommonTrainConfig):
-    """GRPO/FRPO settings (frpo-method.md §2 and §5)."""
-
-    method: str = "grpo"  # "grpo" or "frpo"
-    lam: float | None = None  # FRPO's λ; required for frpo
-    beta: float = 0.0  # KL-to-reference coefficient
-    jackknife: bool = True
-    baseline: bool = True
-    rewards: list = field(default_factory=lambda: ["safety", "helpfulness"])  # judge names/specs
-    reward_weights: list | None = None
-    num_generations: int = 8
-    prompts_per_step: int = 4  # per process; the batch is prompts_per_step x num_generations rows
-    max_completion_length: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    scale_rewards: str = "group"  # GRPO only; FRPO always uses raw advantages ("none")
-
-    def __post_init__(self):
-        if self.method not in ("grpo", "frpo"):
-            raise ValueError(f"unknown method {self.method!r}; known: 'grpo', 'frpo'")
-        if self.method == "frpo":
-            if self.lam is None or not self.lam > 0:
-                raise ValueError(f"FRPO needs lambda > 0, got lam={self.lam}")
-            self.scale_rewards = "none"
-
-
-@dataclass
-class SFTRunConfig(CommonTrainConfig):
-    """Supervised fine-tuning settings (completion-only loss on prompt/completion pairs)."""
-
-    batch_size: int = 16
-    max_length: int = 128
-
-
-def policy_config(values: dict, where: str = "policy config") -> PolicyConfig:
-    return _from_dict(PolicyConfig, values, where)
-
-
-def sft_config(values: dict, where: str = "sft config") -> SFTRunConfig:
-    return _from_dict(SFTRunConfig, values, where)
 
 
 def _device_args(cfg: CommonTrainConfig) -> dict:
@@ -111,7 +40,9 @@ def _common_args(cfg: CommonTrainConfig, checkpoint_dir: Path) -> dict:
     return dict(
         output_dir=str(checkpoint_dir),
         learning_rate=cfg.lr,
-        max_steps=cfg.steps,
+        # Length in epochs (the authors' unit for downstream SFT) or in optimizer steps.
+        max_steps=-1 if cfg.epochs is not None else cfg.steps,
+        num_train_epochs=cfg.epochs or 1,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of max_steps
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
@@ -210,6 +141,10 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
 
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     model, tokenizer = load_model_and_tokenizer(model_dir)
+    records, truncated = truncate_prompts(records, tokenizer, cfg.max_prompt_length)
+    if truncated:
+        log.warning("cut %d of %d prompts to max_prompt_length=%d tokens (from the left)", truncated,
+                    len(records), cfg.max_prompt_length)
     args = GRPOConfig(
         **_common_args(cfg, checkpoint_dir),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
@@ -238,7 +173,8 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
         callbacks=list(callbacks),
         frpo=frpo,
     )
-    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
+    summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
+    return {**summary, "prompts": len(records), "prompts_truncated": truncated}
 
 
 def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=()) -> dict:

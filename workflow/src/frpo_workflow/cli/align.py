@@ -1,13 +1,14 @@
 """CLI of the align stage: GRPO or FRPO alignment of a base model (launched with accelerate).
 
     accelerate launch --config_file workflow/accelerate/cpu.yaml -m frpo_workflow.cli.align \
-        --spec '{"settings": {...}, "dataset": {...}}' --model results/base_model/tiny --data results/data \
+        --spec '{"settings": {...}, "dataset": "align"}' --model results/base_model/tiny \
+        --data results/data/datasets/align \
         --checkpoints results/checkpoints/aligned/tiny/frpo-l1 --out results/aligned/tiny/frpo-l1
 """
 
 import json
 
-from ..data.loaders import load_records
+from ..data.loaders import read_dataset
 from ..tracking import MlflowMetricsCallback
 from ..train import policy_config, run_policy_optimisation
 from .common import log_source, parser, setup_logging, tracked_job
@@ -22,12 +23,13 @@ def main(argv=None) -> None:
     log = setup_logging()
     with tracked_job(args, inputs={"model": args.model, "data": args.data}) as (run, spec, out, extra):
         cfg = policy_config(spec["settings"], where="align settings")
-        records = load_records(spec["dataset"], toy_dir=args.data)
-        log_source(run, spec["dataset"], args.data, "align", "training")
+        records = read_dataset(args.data)
+        log_source(run, args.data, spec["dataset"], "training")
         summary = run_policy_optimisation(args.model, records, cfg, out, args.checkpoints,
                                           callbacks=[MlflowMetricsCallback(run)])
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
+        run.log_metrics({"prompts_truncated": summary["prompts_truncated"]})
         log.info("aligned with %s in %.1fs", cfg.method, summary["train_runtime_s"] or 0)
 
 

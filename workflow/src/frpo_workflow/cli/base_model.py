@@ -1,27 +1,27 @@
 """CLI of the base_model stage: build the tiny model, or record a local/hub model it points to.
 
-    python -m frpo_workflow.cli.base_model --spec '{"model": {...}, "corpus": {...}}' --data results/data \
-        --out results/base_model/tiny
+    python -m frpo_workflow.cli.base_model --spec '{"model": {...}, "corpus": "pretrain"}' \
+        --data results/data/datasets/pretrain --out results/base_model/tiny
 """
 
 import os
 
 from ..base_model import (TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer, snapshot,
                           write_model_ref)
-from ..data.loaders import load_records
+from ..data.loaders import read_dataset
 from ..provenance import path_sha256
 from .common import parser, setup_logging, tracked_job
 
 
 def main(argv=None) -> None:
     p = parser(__doc__)
-    p.add_argument("--data", required=True, help="toy-world directory")
+    p.add_argument("--data", default=None, help="the pre-training corpus's dataset folder (source tiny)")
     args = p.parse_args(argv)
     log = setup_logging()
-    with tracked_job(args, inputs={"data": args.data}) as (run, spec, out, extra):
+    with tracked_job(args, inputs={"data": args.data} if args.data else {}) as (run, spec, out, extra):
         model = spec["model"]
         if model["source"] == "tiny":
-            records = load_records(spec["corpus"], toy_dir=args.data)
+            records = read_dataset(args.data)
             summary = build_tiny_base_model(records, out, TinyModelConfig(**model.get("tiny", {})), log=log.info)
         else:
             if model["source"] == "local":

@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..paths import RECORDS
 from ..provenance import upstream_run_id, write_provenance
 from ..tracking import config_hash, start_job_run
 
@@ -27,15 +28,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def log_source(run, source: dict, data_dir: str, name: str, context: str) -> None:
-    """Register a dataset as an MLflow run input when it is a local file (toy split or jsonl/csv/...)."""
-    if source["type"] == "toy":
-        path = Path(data_dir) / f"{source['split']}.jsonl"
-    elif "path" in source:
-        path = Path(source["path"])
-    else:
-        return  # a hub dataset: its id and revision are in the run's params
-    run.log_dataset_input(str(path), name=name, context=context)
+def log_source(run, dataset_dir: str, name: str, context: str) -> None:
+    """Register a dataset's records file (written by the data stage) as an MLflow run input."""
+    run.log_dataset_input(str(Path(dataset_dir) / RECORDS), name=name, context=context)
+
+
+def named_paths(pairs: list[str]) -> dict[str, str]:
+    """NAME=PATH command-line pairs as a dict."""
+    named = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"expected NAME=PATH, got {pair!r}")
+        named[name] = path
+    return named
 
 
 def is_main_process() -> bool:

@@ -1,8 +1,9 @@
 """CLI of the finetune stage: a downstream SFT or RL fine-tune of an aligned model, with curves.
 
     accelerate launch --config_file workflow/accelerate/cpu.yaml -m frpo_workflow.cli.finetune \
-        --spec '{"type": "sft", "settings": {...}, "dataset": {...}, "curves": {...}, "eval_sets": {...},
-                 "state": {...}}' --model results/aligned/tiny/grpo --data results/data \
+        --spec '{"type": "sft", "settings": {...}, "dataset": "sft_affirmative", "curves": {...}, "state": {...}}' \
+        --model results/aligned/tiny/grpo --data results/data/datasets/sft_affirmative \
+        --eval-data harmful=results/data/datasets/eval_harmful benign=... task=... \
         --checkpoints results/checkpoints/finetuned/tiny/grpo/sft-affirmative/seed0 \
         --out results/finetuned/tiny/grpo/sft-affirmative/seed0
 
@@ -15,37 +16,42 @@ import random
 from pathlib import Path
 
 from ..base_model import load_model_and_tokenizer
-from ..data.loaders import load_records
+from ..data.loaders import read_dataset
 from ..evaluate import CurveCallback
+from ..prompts import truncate_prompts
 from ..tracking import MlflowMetricsCallback
 from ..train import policy_config, run_policy_optimisation, run_sft, sft_config
-from .common import log_source, parser, setup_logging, tracked_job
+from .common import log_source, named_paths, parser, setup_logging, tracked_job
 
 
-def curve_sets(spec: dict, data_dir: str) -> dict:
+def curve_sets(spec: dict, eval_dirs: dict[str, str], tokenizer) -> dict:
     """A fixed, seeded subset of each evaluation set, small enough to evaluate every few steps."""
     n = spec["curves"]["n_prompts"]
     sets = {}
-    for name, source in spec["eval_sets"].items():
-        records = load_records(source, toy_dir=data_dir)
-        sets[name] = random.Random(0).sample(records, n) if len(records) > n else records
+    for name, directory in eval_dirs.items():
+        records = read_dataset(directory)
+        records = random.Random(0).sample(records, n) if len(records) > n else records
+        sets[name] = truncate_prompts(records, tokenizer, spec.get("max_prompt_length"))[0]
     return sets
 
 
 def main(argv=None) -> None:
     p = parser(__doc__)
     p.add_argument("--model", required=True, help="the aligned model (also the KL reference)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="the regime's dataset folder")
+    p.add_argument("--eval-data", nargs="+", required=True, metavar="SET=DIR", help="evaluation sets for the curves")
     p.add_argument("--checkpoints", required=True)
     args = p.parse_args(argv)
     log = setup_logging()
-    with tracked_job(args, inputs={"model": args.model, "data": args.data}) as (run, spec, out, extra):
-        records = load_records(spec["dataset"], toy_dir=args.data)
-        log_source(run, spec["dataset"], args.data, "finetune", "training")
+    eval_dirs = named_paths(args.eval_data)
+    inputs = {"model": args.model, "data": args.data, **{f"eval_{k}": v for k, v in eval_dirs.items()}}
+    with tracked_job(args, inputs=inputs) as (run, spec, out, extra):
+        records = read_dataset(args.data)
+        log_source(run, args.data, spec["dataset"], "training")
         curves = spec["curves"]
         reference, tokenizer = load_model_and_tokenizer(args.model)
         curve_path = Path(args.checkpoints) / "curves.json"
-        curve_cb = CurveCallback(tokenizer, curve_sets(spec, args.data), curve_path, curves["every"],
+        curve_cb = CurveCallback(tokenizer, curve_sets(spec, eval_dirs, tokenizer), curve_path, curves["every"],
                                  ref_model=reference, max_new_tokens=curves["max_new_tokens"],
                                  kl_samples=curves["n_prompts"], seed=0)
         callbacks = [curve_cb, MlflowMetricsCallback(run)]

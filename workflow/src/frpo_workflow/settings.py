@@ -1,0 +1,93 @@
+"""Training settings: one dataclass per run type, built from a job's config slice with every key checked.
+
+Kept free of torch/transformers imports so the Snakefile can build them at DAG-build time: a regime
+that sets a key its type does not take (`num_generations` on an SFT regime) or an unknown method fails
+before any job starts, naming the config key. `train` turns these into TRL configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def from_dict(cls, values: dict, where: str):
+    """Build a settings dataclass, naming any unknown key (typos must not pass silently)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for this run type; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class CommonTrainConfig:
+    """Settings shared by every training run."""
+
+    lr: float = 1e-4
+    steps: int = 100
+    epochs: float | None = None  # when set, the run's length in passes over its data; `steps` is ignored
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "constant_with_warmup"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    lora: dict | None = None  # peft LoraConfig kwargs (r, lora_alpha, target_modules, ...); None = full fine-tune
+    save_steps: int = 50  # checkpoint period, for resume after a kill
+    logging_steps: int = 5
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+
+
+@dataclass
+class PolicyConfig(CommonTrainConfig):
+    """GRPO/FRPO settings (frpo-method.md §2 and §5)."""
+
+    method: str = "grpo"  # "grpo" or "frpo"
+    lam: float | None = None  # FRPO's λ; required for frpo
+    beta: float = 0.0  # KL-to-reference coefficient
+    jackknife: bool = True
+    baseline: bool = True
+    rewards: list = field(default_factory=lambda: ["safety", "helpfulness"])  # judge names/specs
+    reward_weights: list | None = None
+    num_generations: int = 8
+    prompts_per_step: int = 4  # per process; the batch is prompts_per_step x num_generations rows
+    max_prompt_length: int | None = None  # tokens of the chat-formatted prompt; longer ones lose their start
+    max_completion_length: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    scale_rewards: str = "group"  # GRPO only; FRPO always uses raw advantages ("none")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in ("grpo", "frpo"):
+            raise ValueError(f"unknown method {self.method!r}; known: 'grpo', 'frpo'")
+        if self.method == "frpo":
+            if self.lam is None or not self.lam > 0:
+                raise ValueError(f"FRPO needs lambda > 0, got lam={self.lam}")
+            self.scale_rewards = "none"
+
+
+@dataclass
+class SFTRunConfig(CommonTrainConfig):
+    """Supervised fine-tuning settings (completion-only loss on prompt/completion pairs)."""
+
+    batch_size: int = 16
+    max_length: int = 128
+
+
+def policy_config(values: dict, where: str = "policy config") -> PolicyConfig:
+    return from_dict(PolicyConfig, values, where)
+
+
+def sft_config(values: dict, where: str = "sft config") -> SFTRunConfig:
+    return from_dict(SFTRunConfig, values, where)
+
+
+RUN_TYPES = {"rl": policy_config, "sft": sft_config}
