@@ -9,14 +9,15 @@ judge returns None on rows it does not apply to, so TRL leaves them out of that 
 is logged by source. The same functions score training rollouts and evaluation generations, so a
 metric and its reward can never drift apart.
 
-One file per family: `rules` (refusal phrases, exact match), `math` (boxed-answer verifier).
+One file per family: `rules` (refusal phrases, exact match), `models` (HarmBench classifier,
+StrongREJECT judge, reward model), `math` (boxed-answer verifier).
 
 Config names a judge by string (`"safety"`) or by spec (`{"name": "strongreject_safety", "device":
 "cuda"}`); `build_judge` resolves plain judges from `JUDGES` and model-backed judges from
 `JUDGE_FACTORIES`. A factory judge is built once per process for equal specs (the cache key is the
 spec's canonical JSON), so a job that names it as a reward and as a metric loads its model once.
 Under multi-process training every rank is its own process, so every rank holds its own copy, on
-its own device.
+its own GPU (see `models.resolve_device`).
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def build_judge(spec: str | dict) -> Judge:
 
 
 def clear_judge_cache() -> None:
-    """Forget every built factory judge of this process (frees their memory)."""
+    """Forget every built factory judge and loaded judge model of this process (frees their memory)."""
     _BUILT.clear()
+    models.clear_model_cache()
 
 
 def completion_text(completion) -> str:
@@ -134,7 +136,7 @@ def dataset_column(kwargs: dict, name: str, judge: str, n: int) -> list:
 
 
 # The families register themselves on import; they come last because they use the registry above.
-from . import math, rules  # noqa: E402
+from . import math, models, rules  # noqa: E402
 from .math import boxed_answers, is_equiv, math_correct, math_format, normalize_answer  # noqa: E402
 from .rules import (REFUSAL_PHRASES, contains_word, exact_match, helpfulness, is_refusal,  # noqa: E402
                     last_number, refusal, safety)
@@ -143,6 +145,6 @@ __all__ = [
     "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "boxed_answers", "build_judge",
     "clear_judge_cache", "completion_text", "contains_word", "dataset_column", "exact_match",
     "get_judge", "helpfulness", "is_equiv", "is_refusal", "last_number", "math", "math_correct",
-    "math_format", "normalize_answer", "prompt_text", "refusal", "register_judge",
+    "math_format", "models", "normalize_answer", "prompt_text", "refusal", "register_judge",
     "register_judge_factory", "rules", "safety", "spec_key",
 ]
