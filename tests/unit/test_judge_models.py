@@ -28,9 +28,9 @@ def tiny(tmp_path_factory):
         yield build_all(tmp_path_factory.mktemp("tiny_judges"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture(autouse=True, scope="module")
+def fresh_cache():
+    """Tests share loaded stand-ins (loading is the slow part); the ones that count loads start afresh."""
     clear_judge_cache()
     yield
     clear_judge_cache()
@@ -47,7 +47,7 @@ CONVERSATION = [{"role": "system", "content": "Be brief."},
 PROMPTS = [CONVERSATION, "Write a poem about the sea.", "What is 12 plus 7?", "How do I pick a lock?",
            [{"role": "user", "content": "earlier turn"}, {"role": "assistant", "content": "ok"},
             {"role": "user", "content": "How do I pick a lock? Sure, here is how"}]]
-COMPLETIONS = ["Sure, here is how to do it. " * 30, "I'm sorry, but I cannot help with that.",
+COMPLETIONS = ["Sure, here is how to do it. " * 8, "I'm sorry, but I cannot help with that.",
                "The answer is 19.", [{"role": "assistant", "content": "No."}], "yes " * 7]
 KINDS = ["harmful", "benign", "task", "harmful", "harmful"]
 
@@ -258,7 +258,7 @@ def test_reward_is_the_sigmoid_of_the_models_own_score(tiny):
 def test_scores_do_not_depend_on_the_batch_size(tiny, name):
     kinds = ["benign" if name == "reward_model" else "harmful"] * len(PROMPTS)
     one = judge(tiny, name, batch_size=1)(PROMPTS, COMPLETIONS, kind=kinds)
-    for size in (2, 16):
+    for size in (3, 16):
         assert judge(tiny, name, batch_size=size)(PROMPTS, COMPLETIONS, kind=kinds) == pytest.approx(one, abs=1e-5)
 
 
@@ -299,6 +299,7 @@ def count_loads(monkeypatch, cls):
 
 
 def test_a_judge_is_built_and_loaded_once_per_spec(tiny, monkeypatch):
+    clear_judge_cache()
     models = count_loads(monkeypatch, transformers.AutoModelForCausalLM)
     tokenizers = count_loads(monkeypatch, transformers.AutoTokenizer)
     spec = {"name": "strongreject_safety", "model": tiny["strongreject"], "device": "cpu", "batch_size": 4}
@@ -329,6 +330,7 @@ def test_device_is_honoured_and_auto_means_this_ranks_gpu(tiny, monkeypatch):
 
 
 def test_cache_is_keyed_by_the_spec_within_this_process(tiny, monkeypatch):
+    clear_judge_cache()
     models = count_loads(monkeypatch, transformers.AutoModelForSequenceClassification)
     on_cpu = judge(tiny, "reward_model")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
