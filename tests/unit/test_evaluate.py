@@ -4,6 +4,8 @@ import copy
 import json
 
 import pytest
+
+from frpo_workflow.metrics import DEFAULT_METRICS
 import torch
 
 from frpo_workflow import evaluate as ev
@@ -134,7 +136,7 @@ def test_evaluate_model_keys_ranges_and_generations(model, perturbed, tokenizer)
     assert set(metrics) == {"harmful_refusal_rate", "benign_helpfulness", "over_refusal", "task_accuracy",
                             "kl_to_reference", "kl_to_reference_per_token", "n_harmful", "n_benign", "n_task"}
     assert (metrics["n_harmful"], metrics["n_benign"], metrics["n_task"]) == (3, 3, 1)
-    assert all(0.0 <= metrics[k] <= 1.0 for k in ev.METRICS)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in DEFAULT_METRICS)
     assert metrics["kl_to_reference"] > 0
     assert [r["id"] for r in rows] == ["h0", "h1", "h2", "b0", "b1", "b2", "t0"]
     assert {"refusal", "helpfulness", "exact_match"} <= {k for r in rows for k in r}

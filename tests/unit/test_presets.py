@@ -1,7 +1,8 @@
-"""config.yaml and every preset validate against the schema; typos are rejected; references resolve.
+"""config.yaml and every preset validate against the schema; typos are rejected; references resolve;
+presets stand alone and follow the authors' settings (shared/docs/paper-settings.md).
 
-Fails, for example, when a preset misspells a key (`defualts`), gives lr as a string, or names a
-dataset or judge that does not exist.
+Fails, for example, when a preset misspells a key (`defualts`), gives lr as a string, names a dataset or
+judge that does not exist, or drifts from a number the authors used.
 """
 
 import copy
@@ -13,7 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from frpo_workflow.data.loaders import SOURCE_KEYS
-from frpo_workflow.plan import check_references, method_keys
+from frpo_workflow.plan import check_config, lora_keys, method_keys, method_settings, regime_settings
 
 ROOT = Path(__file__).parents[2]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -33,26 +34,91 @@ def test_the_three_paper_presets_exist():
 def test_validates_against_schema(path):
     cfg = load(path)
     validate(cfg, SCHEMA)  # set_default=True fills defaults in place
-    check_references(cfg)
+    check_config(cfg)
     assert method_keys(cfg)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
-def test_preset_is_paper_scale(path):
+def test_preset_is_a_whole_paper_scale_study(path):
     cfg = load(path)
+    assert cfg["standalone"] is True
     assert all(m["source"] == "hf" and m["repo_id"] for m in cfg["models"].values())
-    assert all(s["type"] == "hf" for s in cfg["datasets"].values())
-    defaults = cfg["align"]["defaults"]
-    assert defaults["lora"]["r"] == defaults["lora"]["lora_alpha"] == 64
-    assert (defaults["steps"], defaults["num_generations"], defaults["max_completion_length"]) == (500, 8, 2048)
+    assert not any(s["type"] == "toy" for s in cfg["datasets"].values())
     assert cfg["launch"] == {"accelerate_config": "zero2", "num_processes": 0}
     assert cfg["resources"]["train"]["gpu"] == 8
+    for judge in [j for m in cfg["evaluate"]["metrics"].values() for j in [m["judge"]]]:
+        assert judge in ("refusal", "exact_match", "math_correct") or judge["name"] in (
+            "harmbench_refusal", "strongreject_score", "reward_model")
+
+
+SAFETY = [p for p in PRESETS if p.stem.startswith("safety-")]
+
+
+@pytest.mark.parametrize("path", SAFETY, ids=lambda p: p.name)
+def test_safety_presets_follow_the_authors(path):
+    cfg = load(path)
+    validate(cfg, SCHEMA)
+    d = cfg["align"]["defaults"]
+    assert d["lora"] == {"r": 64, "lora_alpha": 64, "lora_dropout": 0.0,
+                         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert (d["lr"], d["lr_scheduler"], d["warmup_ratio"], d["steps"], d["weight_decay"], d["max_grad_norm"]) == \
+        (1e-5, "cosine", 0.1, 500, 0.1, 1.0)
+    assert (d["num_generations"], d["temperature"], d["top_p"], d["max_prompt_length"], d["max_completion_length"]) == \
+        (8, 1.0, 0.9, 1024, 2048)
+    assert method_settings(cfg, "grpo")["beta"] == 0.1 and method_settings(cfg, "grpo")["scale_rewards"] == "group"
+    pairs = {(method_settings(cfg, m)["lam"], method_settings(cfg, m)["beta"]) for m in method_keys(cfg) if m != "grpo"}
+    assert pairs == {(5, 2e-4), (2, 5e-4), (1, 1e-3), (0.5, 2e-3), (0.2, 5e-3), (0.1, 0.1)}
+    assert [r if isinstance(r, str) else r["name"] for r in d["rewards"]] == ["strongreject_safety", "reward_model"]
+    align = cfg["datasets"][cfg["align"]["dataset"]]
+    assert align["holdout"] == {"size": 0.025, "stratify": True}
+    _, name, alpaca = regime_settings(cfg, "sft-alpaca", 42)
+    assert (alpaca["lr"], alpaca["lr_scheduler"], alpaca["warmup_ratio"], alpaca["epochs"], alpaca["batch_size"],
+            alpaca["max_length"]) == (1e-6, "constant_with_warmup", 0.05, 1, 4, 2048) and "lora" not in alpaca
+    assert cfg["datasets"][name]["prompt_template"] == "### Instruction:\n{instruction}\n\n### Input:\n{input}"
+    assert (cfg["datasets"][name]["limit"], cfg["datasets"][name]["shuffle"]) == (40000, False)
+    _, name, gsm8k = regime_settings(cfg, "sft-gsm8k", 42)
+    assert (gsm8k["lr"], gsm8k["lr_scheduler"], gsm8k["warmup_ratio"], gsm8k["weight_decay"], gsm8k["epochs"]) == \
+        (6e-6, "cosine", 0.25, 0.0, 1) and "lora" not in gsm8k
+    assert cfg["datasets"][name]["holdout"] == {"size": 50, "stratify": False}
+    regimes = cfg["finetune"]["regimes"]
+    assert (regimes["sft-alpaca"]["curves"]["every"], regimes["sft-gsm8k"]["curves"]["every"]) == (100, 50)
+    assert cfg["finetune"]["curves"]["n_prompts"] == 128 and cfg["finetune"]["seeds"] == [42]
+
+
+def test_math_preset_follows_the_authors():
+    cfg = load(ROOT / "workflow" / "presets" / "math-qwen2.5-math-7b.yaml")
+    validate(cfg, SCHEMA)
+    d = cfg["align"]["defaults"]
+    assert (d["lora"]["r"], d["lora"]["lora_alpha"], d["beta"], d["epochs"], d["weight_decay"]) == (64, 128, 1e-4, 3, 0.0)
+    assert (d["max_prompt_length"], d["max_completion_length"], d["temperature"], d["top_p"]) == (512, 2048, 1.0, 1.0)
+    assert d["rewards"] == ["math_format", "math_correct"]
+    lrs = {method_settings(cfg, m).get("lam"): method_settings(cfg, m)["lr"] for m in method_keys(cfg)}
+    assert lrs == {None: 6e-6, 10: 6e-6, 4: 6e-6, 2: 6e-6, 1: 6e-6, 0.5: 5e-6, 0.2: 5e-6, 0.1: 5e-6}
+    math = cfg["datasets"]["math"]
+    assert math["filters"] == {"level": ["Level 3", "Level 4", "Level 5"]} and math["holdout"]["size"] == 100
+    assert math["system_prompt"] == "Please reason step by step, and put your final answer within \\boxed{}."
+    _, name, code = regime_settings(cfg, "sft-code", 42)
+    assert code["lora"] == {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert (code["lr"], code["warmup_ratio"], code["weight_decay"], code["max_grad_norm"], code["max_length"]) == \
+        (5e-5, 0.03, 0.04, 0.3, 4096)
+    source = cfg["datasets"][name]
+    assert source["stream"] == {"buffer_size": 10000, "seed": 42, "take": 50000}
+    assert source["filters"] == {"average_test_score": "1"} and source["system_prompt"] == ""
+
+
+def test_lora_keys_read_from_source_match_peft():
+    import dataclasses
+
+    import peft
+
+    assert lora_keys() == {f.name for f in dataclasses.fields(peft.LoraConfig)}
 
 
 @pytest.mark.parametrize("mutate,key", [
     (lambda c: c["align"].update({"defualts": {}}), "defualts"),
     (lambda c: c["align"]["defaults"].update({"learning_rate": 1e-5}), "learning_rate"),
-    (lambda c: c["datasets"]["align"].update({"prompt_colum": "x"}), "prompt_colum"),
+    (lambda c: c["datasets"]["alpaca"].update({"prompt_colum": "x"}), "prompt_colum"),
     (lambda c: c["finetune"]["regimes"]["sft-alpaca"].update({"stpes": 5}), "stpes"),
 ])
 def test_typo_is_rejected_naming_the_key(mutate, key):
@@ -69,8 +135,6 @@ def test_wrong_type_is_rejected():
         validate(cfg, SCHEMA)
 
 
-# The schema calls the hf dataset config `config`, the loader (SOURCE_KEYS) calls it `subset`; a preset
-# using GSM8K's `main` config cannot satisfy both. strict: remove the mark once the two agree.
 @pytest.mark.parametrize("path", [ROOT / "config.yaml", *PRESETS],
                          ids=lambda p: p.name)
 def test_dataset_keys_accepted_by_loader(path):

@@ -83,6 +83,15 @@ def eval_set_dirs():
     return {name: dataset_dir(ds) for name, ds in config["evaluate"]["sets"].items()}
 
 
+def curve_sets():
+    """{set: dataset} recorded along the fine-tunes: finetune.curves.sets, else the evaluation sets."""
+    return config["finetune"]["curves"].get("sets") or config["evaluate"]["sets"]
+
+
+def curve_set_dirs():
+    return {name: dataset_dir(ds) for name, ds in curve_sets().items()}
+
+
 def named_dirs(option, dirs):
     """A CLI option taking NAME=DIR pairs, e.g. `--eval-data harmful=results/data/datasets/eval_harmful`."""
     return f"{option} " + " ".join(f"{name}={path}" for name, path in dirs.items())
@@ -147,7 +156,7 @@ def finetune_spec(wildcards):
     curves = {**config["finetune"]["curves"], **config["finetune"]["regimes"][wildcards.regime].get("curves", {})}
     return as_json({"type": kind, "settings": settings, "dataset": name, "curves": curves,
                     "max_prompt_length": config["evaluate"]["max_prompt_length"],
-                    "eval_sets": config["evaluate"]["sets"], "state": state_record("finetuned", wildcards)})
+                    "metrics": config["evaluate"]["metrics"], "state": state_record("finetuned", wildcards)})
 
 
 def evaluate_spec(stage):
@@ -168,4 +177,6 @@ def data_check_spec():
                        for r, spec in regimes.items() if spec["type"] == "rl"}},
         "completions": {f"finetune.regimes.{r}": spec["dataset"] for r, spec in regimes.items() if spec["type"] == "sft"},
         "eval_sets": config["evaluate"]["sets"],
+        "curve_sets": curve_sets(),
+        "metrics": config["evaluate"]["metrics"],
     })

@@ -5,7 +5,7 @@ rule finetune:
     input:
         model=rules.align.output[0],
         data=regime_dataset_dir,
-        eval_sets=list(eval_set_dirs().values()),
+        curve_sets=list(curve_set_dirs().values()),
         checked=data_checked(),
     output:
         directory(out(paths.FINETUNED)),
@@ -27,8 +27,8 @@ rule finetune:
         job=lambda wc: job_json("finetune", wc),
         launch=accelerate_launch(),
         checkpoints=side("checkpoints", paths.FINETUNED),
-        eval_sets=named_dirs("--eval-data", eval_set_dirs()),
+        curve_sets=named_dirs("--eval-data", curve_set_dirs()),
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} frpo_workflow.cli.finetune --spec {params.spec:q}"
-        " --job {params.job:q} --model {input.model} --data {input.data} {params.eval_sets} --checkpoints {params.checkpoints}"
+        " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
         " --out {output} > {log} 2>&1"

@@ -18,8 +18,8 @@ import torch
 from transformers import TrainerCallback
 
 from .generation import encode_prompts, eval_mode, generate, generate_ids
-from .judges import get_judge
-from .metrics import METRICS, SETS, judge_columns
+from .judges import build_judge
+from .metrics import DEFAULT_METRICS, SETS, judge_columns, judge_name
 
 
 
@@ -75,23 +75,24 @@ def sequence_kl(model, ref_model, tokenizer, prompts: list, completions: list, b
     return KLEstimate(total / len(prompts), total / max(tokens, 1))
 
 
-def _mean_score(judge_name: str, set_name: str, records: list[dict], completions: list[str]) -> tuple[float, list]:
-    judge = get_judge(judge_name)
+def _mean_score(judge_spec, set_name: str, records: list[dict], completions: list[str]) -> tuple[float, list]:
+    judge = build_judge(judge_spec)
     columns = judge_columns(records)
     scores = judge([r["prompt"] for r in records], completions, **columns)
     applied = [s for s in scores if s is not None]
     if not applied:
-        raise ValueError(f"judge {judge_name!r} applies to none of the {len(records)} records of set "
+        raise ValueError(f"judge {judge_name(judge_spec)!r} applies to none of the {len(records)} records of set "
                          f"{set_name!r} (their kinds: {sorted({str(k) for k in columns['kind']})})")
     return sum(applied) / len(applied), scores
 
 
 def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None, max_new_tokens: int = 32,
                    batch_size: int = 64, kl_samples: int | None = 64, kl_sets: tuple = ("harmful", "benign"),
-                   seed: int = 0, return_generations: bool = False):
+                   seed: int = 0, return_generations: bool = False, metrics: dict | None = None):
     """Metrics of `model` on the evaluation sets (keys among harmful, benign, task; each optional).
 
-    Greedy answers are judged per METRICS. With `ref_model`, `kl_to_reference` (and its per-token
+    Greedy answers are judged per `metrics` (name -> {set, judge}; default `metrics.DEFAULT_METRICS`),
+    each metric on the sets present. With `ref_model`, `kl_to_reference` (and its per-token
     mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
     completions sampled at temperature 1. With `return_generations`, also returns one row per prompt
     (set, id, prompt, completion, and every score), for a `generations.jsonl` to inspect.
@@ -99,17 +100,18 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None
     unknown = set(sets) - set(SETS)
     if unknown:
         raise ValueError(f"unknown evaluation sets {sorted(unknown)}; known: {list(SETS)}")
+    specs = DEFAULT_METRICS if metrics is None else metrics
     metrics: dict[str, float] = {f"n_{name}": len(sets.get(name, [])) for name in SETS}
     answers = {name: generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
                               batch_size=batch_size, seed=seed)
                for name, records in sets.items() if records}
     generations = {name: [{"set": name, "id": r.get("id"), "prompt": r["prompt"], "completion": c}
                           for r, c in zip(sets[name], texts)] for name, texts in answers.items()}
-    for metric, (set_name, judge_name) in METRICS.items():
-        if set_name in answers:
-            metrics[metric], scores = _mean_score(judge_name, set_name, sets[set_name], answers[set_name])
-            for row, score in zip(generations[set_name], scores):
-                row[judge_name] = score
+    for metric, spec in specs.items():
+        if spec["set"] in answers:
+            metrics[metric], scores = _mean_score(spec["judge"], spec["set"], sets[spec["set"]], answers[spec["set"]])
+            for row, score in zip(generations[spec["set"]], scores):
+                row[judge_name(spec["judge"])] = score
     if ref_model is not None:
         prompts = [r["prompt"] for name in kl_sets for r in sets.get(name, [])]
         if not prompts:
@@ -161,13 +163,13 @@ class CurveCallback(TrainerCallback):
 
     def __init__(self, tokenizer, sets: dict[str, list[dict]], out_path: str | Path, every_k_steps: int,
                  ref_model=None, max_new_tokens: int = 32, batch_size: int = 64, kl_samples: int | None = 64,
-                 seed: int = 0):
+                 seed: int = 0, metrics: dict | None = None):
         if every_k_steps < 1:
             raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
         self.tokenizer, self.sets, self.out_path = tokenizer, sets, Path(out_path)
         self.every_k_steps, self.ref_model = every_k_steps, ref_model
         self.options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kl_samples": kl_samples,
-                        "seed": seed}
+                        "seed": seed, "metrics": metrics}
         self.points: list[dict] = []
 
     def _record(self, state, model) -> None:

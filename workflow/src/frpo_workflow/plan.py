@@ -107,6 +107,8 @@ def dataset_uses(config: dict) -> dict[str, str]:
     uses.update({f"finetune.regimes.{r}.dataset": spec["dataset"]
                  for r, spec in config.get("finetune", {}).get("regimes", {}).items()})
     uses.update({f"evaluate.sets.{k}": v for k, v in config.get("evaluate", {}).get("sets", {}).items()})
+    uses.update({f"finetune.curves.sets.{k}": v
+                 for k, v in (config.get("finetune", {}).get("curves", {}).get("sets") or {}).items()})
     return uses
 
 
@@ -193,6 +195,8 @@ def check_config(config: dict) -> None:
         check_judges(settings.get("rewards"), where + " rewards")
         RUN_TYPES["rl"](settings, where)
         check_lora(settings.get("lora"), where)
+    for metric, spec in config.get("evaluate", {}).get("metrics", {}).items():
+        check_judges([spec["judge"]], f"evaluate.metrics.{metric}")
     for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
         where = f"finetune.regimes.{regime}"
         kind, _, settings = regime_settings(config, regime, 0)

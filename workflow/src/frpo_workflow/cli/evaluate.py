@@ -35,7 +35,8 @@ def main(argv=None) -> None:
             log.warning("cut %d prompts to max_prompt_length=%d tokens", truncated, spec["max_prompt_length"])
         metrics, generations = evaluate_model(
             model, tokenizer, sets, ref_model=ref, max_new_tokens=spec["max_new_tokens"],
-            batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True)
+            batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True,
+            metrics=spec["metrics"])
         write_generations(out / "generations.jsonl", generations)
         metrics["prompts_truncated"] = truncated
         write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics})

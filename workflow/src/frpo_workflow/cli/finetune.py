@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         curve_path = Path(args.checkpoints) / "curves.json"
         curve_cb = CurveCallback(tokenizer, curve_sets(spec, eval_dirs, tokenizer), curve_path, curves["every"],
                                  ref_model=reference, max_new_tokens=curves["max_new_tokens"],
-                                 kl_samples=curves["n_prompts"], seed=0)
+                                 kl_samples=curves["n_prompts"], seed=0, metrics=spec["metrics"])
         callbacks = [curve_cb, MlflowMetricsCallback(run)]
         if spec["type"] == "sft":
             cfg = sft_config(spec["settings"], where=f"finetune regime {spec['state']['regime']}")

@@ -9,7 +9,7 @@ judges are not loaded here.
 
 from __future__ import annotations
 
-from ..metrics import METRICS, judge_columns
+from ..metrics import DEFAULT_METRICS, judge_columns
 from .loaders import read_dataset
 
 
@@ -18,6 +18,11 @@ def check_datasets(spec: dict, dirs: dict[str, str]) -> dict:
     from ..judges import JUDGES
 
     records = {name: read_dataset(path) for name, path in dirs.items()}
+    for sets in (spec.get("eval_sets", {}), spec.get("curve_sets", {})):
+        for set_name, name in sets.items():
+            if not any(r["kind"] == set_name for r in records[name]):
+                raise ValueError(f"evaluation set {set_name!r} is dataset {name!r}, which has no {set_name} records "
+                                 f"(kinds: {_kinds(records[name])})")
 
     def applies(key: str, what: str, judge, name: str) -> None:
         judge_name = judge if isinstance(judge, str) else judge.get("name")
@@ -40,9 +45,10 @@ def check_datasets(spec: dict, dirs: dict[str, str]) -> dict:
         if missing:
             raise ValueError(f"{key}: SFT dataset {name!r} has {len(missing)} record(s) without a completion "
                              f"(first: {missing[0]!r}); map columns.completion")
-    for metric, (set_name, judge) in METRICS.items():
-        if set_name in spec.get("eval_sets", {}):
-            applies(f"evaluate.sets.{set_name}", f"metric {metric}: judge", judge, spec["eval_sets"][set_name])
+    for where, sets in (("evaluate", spec.get("eval_sets", {})), ("finetune.curves", spec.get("curve_sets", {}))):
+        for metric, m in spec.get("metrics", DEFAULT_METRICS).items():
+            if m["set"] in sets:
+                applies(f"{where}.sets.{m['set']}", f"metric {metric}: judge", m["judge"], sets[m["set"]])
     return {"datasets": {name: {"records": len(rows), "kinds": _kinds(rows)} for name, rows in records.items()},
             "uses": spec.get("uses", {})}
 

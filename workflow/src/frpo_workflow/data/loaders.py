@@ -27,13 +27,13 @@ from .mapping import FIELDS, KINDS, check_record
 from .sources import FILE_TYPES, local_path, read_table
 from .toy import read_jsonl, write_jsonl
 
-_MAPPING_KEYS = {"columns", "prompt_template", "system_prompt", "answer_regex", "completion_regex", "kind",
+_MAPPING_KEYS = {"columns", "prompt_template", "system_prompt", "answer_regex", "answer_boxed", "completion_regex", "kind",
                  "kind_map", "category", "filters", "shuffle", "seed", "limit", "holdout"}
 # Config keys each type accepts, so a typo or a key of another type fails loudly instead of being ignored.
 SOURCE_KEYS = {
     "toy": {"type", "split", "limit", "holdout"},
     **{t: {"type", "path"} | _MAPPING_KEYS for t in FILE_TYPES},
-    "hf": {"type", "name", "subset", "split", "revision", "data_files", "stream"} | _MAPPING_KEYS,
+    "hf": {"type", "name", "subset", "split", "revision", "data_files", "stream", "options"} | _MAPPING_KEYS,
     "heldout": {"type", "of"},
     "mixture": {"type", "parts", "seed", "holdout"},
 }

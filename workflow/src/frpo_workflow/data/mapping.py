@@ -14,7 +14,8 @@ messages or the source gives a `system_prompt`. The order of operations, each st
 - `prompt_template`: a format string over columns (dotted paths allowed); a line whose fields are all
   empty is dropped (Alpaca's empty input). `system_prompt` adds a system turn ("" = an empty one).
 - `answer_regex` / `completion_regex`: the first group of a regex over the mapped text (GSM8K's final
-  number after "####", its worked solution before it).
+  number after "####", its worked solution before it); `answer_boxed`: the answer is the last
+  \boxed{...} of the mapped text, nested braces included (MATH solutions).
 - `holdout`: `{size, stratify, seed}`; size < 1 is a fraction, else a count; stratified by kind keeps
   each kind's share. Without shuffling and stratifying, the first rows are held out.
 """
@@ -115,6 +116,8 @@ def map_rows(rows: list[Row], source: dict, origin: str, name: str) -> list[dict
         for key, pattern in regexes.items():
             if record.get(key) is not None:
                 record[key] = extract(pattern, record[key], f"{key}_regex", where, numeric=key == "answer")
+        if source.get("answer_boxed") and record["answer"] is not None:
+            record["answer"] = _boxed(record["answer"], where)
         check_record(record, where)
         if record["id"] in seen:
             raise ValueError(f"{where}: id {record['id']!r} already used by {seen[record['id']]}")
@@ -227,6 +230,15 @@ def _prompt(value, column: str, where: str):
         return turns
     raise ValueError(f"{where}: column {column!r} holds {type(value).__name__} {text(value)[:60]!r}; "
                      f"expected text or a list of chat messages")
+
+
+def _boxed(solution: str, where: str) -> str:
+    from ..judges.math import last_boxed
+
+    answer = last_boxed(solution)
+    if answer is None:
+        raise ValueError(f"{where}: answer_boxed: no \\boxed{{...}} in {solution[-80:]!r}")
+    return answer
 
 
 def _kind(value, column: str, kind_map: dict | None, where: str) -> str:

@@ -131,7 +131,7 @@ def _read_hf(source: dict, base_dir) -> Table:
                          else Path(base_dir) / data_files)
     stream = source.get("stream")
     dataset = load_dataset(name, source.get("subset"), split=split, revision=source.get("revision"),
-                           data_files=data_files, streaming=stream is not None)
+                           data_files=data_files, streaming=stream is not None, **source.get("options", {}))
     if stream is not None:
         dataset = dataset.shuffle(seed=stream.get("seed", 0), buffer_size=stream.get("buffer_size", 10_000))
         rows = list(dataset.take(stream["take"]))
