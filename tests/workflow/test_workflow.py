@@ -55,17 +55,113 @@ def test_lint_is_clean():
 
 
 def test_default_dag():
-    # config.yaml: 1 model, grpo + 2 FRPO λ, 3 regimes, 1 seed.
+    # config.yaml: 8 toy datasets, 1 model, grpo + 2 FRPO λ, 3 regimes, 1 seed.
     counts = job_counts((p := snakemake("-n", "--cores", "2", "--forceall")).stdout + p.stderr)
-    assert counts == {"tracking_experiment": 1, "data": 1, "base_model": 1, "align": 3, "evaluate_base": 1,
-                      "evaluate_aligned": 3, "finetune": 9, "evaluate_finetuned": 9, "report": 1, "all": 1,
-                      "total": 30}
+    assert counts == {"tracking_experiment": 1, "toy_world": 1, "dataset": 8, "data": 1, "base_model": 1,
+                      "align": 3, "evaluate_base": 1, "evaluate_aligned": 3, "finetune": 9, "evaluate_finetuned": 9,
+                      "report": 1, "all": 1, "total": 39}
+
+
+PRESET_FILES = {"data/safety/align_prompts.parquet": "safety_align.parquet",
+                "data/safety/eval_safety.jsonl": "safety_eval.jsonl", "data/safety/eval_normal.jsonl": "safety_eval.jsonl"}
+
+
+@pytest.mark.parametrize("preset, counts", [
+    # 8 datasets; 1 model; grpo + 6 λ; 3 regimes x 1 seed (the authors' seed 42).
+    ("safety-qwen2.5-7b", {"dataset": 8, "tracking_experiment": 1, "data": 1, "base_model": 1, "align": 7,
+                           "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21, "evaluate_finetuned": 21,
+                           "report": 1, "all": 1, "total": 70}),
+    ("safety-mistral-7b", {"dataset": 8, "tracking_experiment": 1, "data": 1, "base_model": 1, "align": 7,
+                           "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21, "evaluate_finetuned": 21,
+                           "report": 1, "all": 1, "total": 70}),
+    # 6 datasets; grpo + 7 λ; 1 regime.
+    ("math-qwen2.5-math-7b", {"dataset": 6, "tracking_experiment": 1, "data": 1, "base_model": 1, "align": 8,
+                              "evaluate_base": 1, "evaluate_aligned": 8, "finetune": 8, "evaluate_finetuned": 8,
+                              "report": 1, "all": 1, "total": 44}),
+])
+def test_preset_stands_alone_as_its_usage_line_says(tmp_path, preset, counts):
+    """Run from a folder with a config.yaml (as a user at the repository root is): nothing of it merges in."""
+    path = ROOT / "workflow" / "presets" / f"{preset}.yaml"
+    usage = next(line for line in path.read_text().splitlines() if line.startswith("# Usage:"))
+    assert f"--configfile workflow/presets/{preset}.yaml" in usage and "--replace-workflow-config" not in usage
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    for target, fixture in PRESET_FILES.items():
+        (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "tests" / "fixtures" / "data" / fixture, tmp_path / target)
+    proc = snakemake("-n", "-p", "--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert job_counts(out) == counts
+    assert "tiny" not in out and '"type": "toy"' not in out and "toy_world" not in out
+
+
+def test_overlay_merges_into_config_yaml_and_a_redefined_dataset_replaces_the_toy_one(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    shutil.copy(ROOT / "tests" / "fixtures" / "data" / "safety_align.parquet", tmp_path / "align.parquet")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "datasets": {"align": {"type": "parquet", "path": "align.parquet", "columns": {"prompt": "prompt", "kind": "ability"},
+                               "kind_map": {"wildjailbreak": "harmful", "rainbow": "harmful", "aegis": "harmful",
+                                            "refusal": "benign"}}},
+        "align": {"frpo": {"lambdas": [0.5]}}}))
+    proc = snakemake("-n", "-p", "--cores", "2", "--configfile", str(overlay), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    counts = job_counts(out)
+    assert counts["align"] == 2 and counts["dataset"] == 8 and counts["base_model"] == 1  # grpo + λ 0.5, tiny kept
+    assert "align.parquet" in out and "align_prompts" not in out  # no toy `split` left in the parquet source
+
+
+def test_data_error_fails_in_seconds_before_any_model_job(tmp_path):
+    """A broken evaluation file: the run stops at its dataset job, naming file, line and field."""
+    import time
+
+    broken = tmp_path / "eval.jsonl"
+    broken.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?"}\n'
+                      '{"question": {"text": "3 + 3"}, "answer": "1"}\n')
+    config = yaml.safe_load(E2E.read_text())
+    config["datasets"]["eval_task"] = {"type": "jsonl", "path": str(broken), "kind": "task", "shuffle": False,
+                                       "columns": {"prompt": "question", "answer": "answer"}}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    proc = snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path, check=False)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    log = (tmp_path / "results" / "logs" / "data" / "datasets" / "eval_task.log").read_text()
+    assert f"data error: {broken}: line 3: column 'question' holds dict" in log
+    assert not (tmp_path / "results" / "base_model").exists() and not (tmp_path / "results" / "data" / "checked.json").exists()
+    print(f"first data error after {elapsed:.1f} s")
+
+
+def test_local_data_files_are_inputs_and_their_sha256_is_in_provenance(tmp_path):
+    from frpo_workflow.provenance import file_sha256
+
+    data = tmp_path / "gsm8k.jsonl"
+    shutil.copy(ROOT / "tests" / "fixtures" / "data" / "gsm8k.jsonl", data)
+    config = yaml.safe_load(E2E.read_text())
+    config["datasets"]["eval_task"] = {"type": "jsonl", "path": "gsm8k.jsonl", "kind": "task",
+                                       "columns": {"prompt": "question", "answer": "answer"},
+                                       "answer_regex": "####\\s*(-?[\\d,]+)"}
+    path = tmp_path / "gsm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    target = "results/data/datasets/eval_task"
+    snakemake(target, "--cores", "1", "--configfile", str(path), cwd=tmp_path)
+    prov = json.loads((tmp_path / target / "provenance.json").read_text())
+    assert prov["inputs"]["file1"] == {"path": "gsm8k.jsonl", "sha256": file_sha256(data)}
+    assert prov["extra"]["records"] == 3 and prov["extra"]["with_answer"] == 3
+    assert dry_run(tmp_path, path, target) == {}
+    data.write_text(data.read_text() + data.read_text().splitlines()[0].replace("Natalia", "Nat") + "\n")
+    assert dry_run(tmp_path, path, target) == {"dataset": 1, "total": 1}  # editing the file reruns its job
 
 
 @pytest.mark.parametrize("patch, message", [
     ({"align": {"dataset": "align", "defualts": {}}}, "defualts"),
     ({"evaluate": {"max_new_tokens": "many"}}, "many"),
-    ({"align": {"dataset": "nope"}}, "names dataset 'nope'"),
+    ({"align": {"dataset": "nope"}}, "config key align.dataset names dataset 'nope'"),
+    ({"finetune": {"regimes": {"x": {"type": "sft", "dataset": "align", "num_generations": 4}}}},
+     "finetune.regimes.x: unknown key(s) ['num_generations'] for this run type"),
+    ({"align": {"dataset": "align", "defaults": {"lora": {"r": 8, "alpah": 16}}}}, "unknown LoRA key(s) ['alpah']"),
+    ({"datasets": {"align": {"type": "toy", "split": "align_prompts", "path": "x.jsonl"}}},
+     "config key datasets.align: toy source: unknown key(s) ['path']"),
     ({"align": {"dataset": "align", "defaults": {"rewards": ["no_such_judge"]}}}, "unknown judge 'no_such_judge'"),
     ({"align": {"dataset": "align", "frpo": {"lambdas": [0]}}}, "lambdas"),
     ({"models": {"tiny": {"source": "local"}}}, "models.tiny: source 'local' needs 'path'"),
@@ -136,7 +232,7 @@ def test_mlflow_runs_and_lineage(study):
     tags = {}
     for run, key, value in db.execute("select run_uuid, key, value from tags"):
         tags.setdefault(run, {})[key] = value
-    assert len(runs) == len(STATES) * 2 + 2 and set(runs.values()) == {"FINISHED"}  # + data, report
+    assert len(runs) == len(STATES) * 2 + 1 and set(runs.values()) == {"FINISHED"}  # + report
     run_of = {s: json.loads((results / s / "provenance.json").read_text())["mlflow_run_id"] for s in STATES}
     for method in ("grpo", "frpo-l1"):
         aligned = run_of[f"aligned/tiny/{method}"]
@@ -172,18 +268,15 @@ def test_incremental_reruns(study, tmp_path):
 @pytest.mark.slow
 def test_failing_job_leaves_nothing_that_looks_complete(study, tmp_path):
     config = yaml.safe_load(E2E.read_text())
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"prompt": "hi"}\n{"not json\n')
-    config["datasets"]["sft_broken"] = {"type": "jsonl", "path": str(broken), "kind": "benign",
-                                        "columns": {"completion": "prompt"}}
-    config["finetune"]["regimes"]["sft-broken"] = {"type": "sft", "dataset": "sft_broken", "steps": 2}
+    # A scheduler name only transformers checks: the job starts, then fails.
+    config["finetune"]["regimes"]["sft-broken"] = {"type": "sft", "dataset": "sft_affirmative", "steps": 2,
+                                                   "lr_scheduler": "no_such_schedule"}
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config))
     target = "results/finetuned/tiny/grpo/sft-broken/seed0"
-    proc = snakemake("--cores", "1", "--configfile", str(path), "--replace-workflow-config", target,
-                     cwd=study, check=False)
+    proc = snakemake(target, "--cores", "1", "--configfile", str(path), cwd=study, check=False)
     assert proc.returncode != 0
     assert not (study / target).exists()
     log = (study / "results" / "logs" / f"{target.removeprefix('results/')}.log").read_text()
-    assert str(broken) in log  # the error names the offending file
+    assert "no_such_schedule" in log  # the error names the offending value
     shutil.rmtree(study / "results" / "checkpoints" / "finetuned" / "tiny" / "grpo" / "sft-broken", ignore_errors=True)

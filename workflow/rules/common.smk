@@ -137,9 +137,10 @@ def base_model_inputs(wildcards):
 
 
 def base_model_spec(wildcards):
-    model = config["models"][wildcards.model]
-    corpus = model["pretrain_dataset"] if model["source"] == "tiny" else None
-    return as_json({"model": model, "corpus": corpus})
+    model = dict(config["models"][wildcards.model])
+    if model["source"] != "tiny":  # the schema fills the tiny model's defaults into every entry
+        model.pop("tiny", None), model.pop("pretrain_dataset", None)
+    return as_json({"model": model, "corpus": model.get("pretrain_dataset")})
 
 
 def align_spec(wildcards):

@@ -81,21 +81,23 @@ def regime_settings(config: dict, regime: str, seed: int) -> tuple[str, str, dic
     return kind, dataset, settings
 
 
-def dataset_spec(config: dict, name: str, _trail: tuple = ()) -> dict:
+def dataset_spec(config: dict, name: str, where: str = "a dataset reference", _trail: tuple = ()) -> dict:
     """The self-contained spec of dataset `name`: names in heldout/mixture specs replaced by their specs,
-    and `key` (the dataset's name, which prefixes generated ids) added."""
+    and `key` (the dataset's name, which prefixes generated ids) added. `where` names the config key
+    that refers to it, for the error when it does not exist."""
     datasets = config.get("datasets", {})
     if name not in datasets:
-        raise ValueError(f"config key datasets.{_trail[-1] if _trail else '?'} names dataset {name!r}, "
-                         f"which is not under datasets: {sorted(datasets)}")
+        raise ValueError(f"config key {where} names dataset {name!r}, which is not under datasets: "
+                         f"{sorted(datasets)}")
     if name in _trail:
         raise ValueError(f"datasets {' -> '.join([*_trail, name])}: a dataset cannot contain itself")
     spec = {**datasets[name], "key": name}
     trail = (*_trail, name)
     if spec.get("type") == "heldout":
-        spec["of"] = dataset_spec(config, spec["of"], trail)
+        spec["of"] = dataset_spec(config, spec["of"], f"datasets.{name}.of", trail)
     elif spec.get("type") == "mixture":
-        spec["parts"] = [{**part, "dataset": dataset_spec(config, part["dataset"], trail)} for part in spec["parts"]]
+        spec["parts"] = [{**part, "dataset": dataset_spec(config, part["dataset"], f"datasets.{name}.parts", trail)}
+                         for part in spec["parts"]]
     return spec
 
 
@@ -165,12 +167,10 @@ def check_config(config: dict) -> None:
     from .settings import RUN_TYPES
 
     for key, name in dataset_uses(config).items():
-        dataset_spec(config, name, (key,))
+        dataset_spec(config, name, key)
     for name, spec in config.get("datasets", {}).items():
         check_spec(spec, f"config key datasets.{name}")
-        for inner in [spec.get("of")] + [p.get("dataset") for p in spec.get("parts", [])]:
-            if inner is not None:
-                dataset_spec(config, inner, (name,))
+        dataset_spec(config, name, f"datasets.{name}")
     needs = {"local": "path", "hf": "repo_id"}
     for model, spec in config["models"].items():
         key = needs.get(spec["source"])
