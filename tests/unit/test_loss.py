@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss, sequence_log_ratio
+from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss
 
 
 def _log_mean_exp(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -134,6 +134,20 @@ def test_dominated_group_stays_finite_and_exact():
     assert torch.allclose(got_g, ref_g, atol=1e-4)
 
 
+def test_far_off_policy_rows_do_not_underflow():
+    # Every token of row 0 has ratio e^-200 (0 in float32 if formed directly), and its advantage makes it
+    # the group's heaviest term all the same (a_0 = -200 + 10/0.05 = 0); row 1 is capped throughout.
+    logps, old, adv, mask, gid, _ = make_batch(n_groups=2, n=4, shuffle=False)
+    logps[0], logps[1] = old[0] - 200, old[1] + 50
+    adv[:4] = torch.tensor([-10.0, 5.0, 3.0, 2.0], dtype=torch.float64)
+    ref_v, ref_g = _value_and_grad(reference_loss, logps, old, adv, mask, gid, 0.05)
+    got_v, got_g = _value_and_grad(
+        lambda x, *a, **k: frpo_loss(x.float(), *a, **k), logps, old.float(), adv.float(), mask, gid, 0.05)
+    assert abs(got_v.item() - ref_v.item()) <= 1e-5 * abs(ref_v.item())
+    assert torch.allclose(got_g, ref_g, rtol=1e-3, atol=1e-6)
+    assert (got_g[1] == 0).all()
+
+
 def test_one_completion_groups():
     logps, old, adv, mask, _, _ = make_batch(n_groups=1, n=5, shuffle=False, dtype=torch.float64)
     gid = torch.arange(5)
@@ -169,15 +183,20 @@ def test_row_order_does_not_matter():
     assert torch.allclose(a, b)
 
 
-def test_sequence_log_ratio_gradient_is_exact():
-    # The fused backward against finite differences, for both inputs, with partly and fully masked rows
-    # and ratios on both sides of the clip (a plain mean below 1 - eps_low, capped above 1 + eps_high).
-    logps, old, _, mask, _, _ = make_batch(n_groups=2, n=3, T=6, dtype=torch.float64, seed=5)
+@pytest.mark.parametrize("jackknife", [True, False])
+@pytest.mark.parametrize("gid", [[4, 4, 4, 8, 8, 8], [4, 4, 4, 8, 8, 1]], ids=["equal", "padded"])
+def test_closed_form_gradient_is_exact(jackknife, gid):
+    # frpo_loss forms its gradient by hand (one multiply in backward): finite differences for both
+    # inputs, with a partly and a fully masked row and ratios on both sides of the clip. (The empty row
+    # sits in a group of 3: alone with one other member, its leave-one-out mean would be log 0.)
+    logps, old, adv, mask, _, _ = make_batch(n_groups=2, n=3, T=6, dtype=torch.float64, seed=5, shuffle=False)
     old = old + 0.4 * torch.randn(old.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     mask[1] = False
+    gid = torch.tensor(gid)
     logps.requires_grad_(True)
     old.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: sequence_log_ratio(a, b, mask, 0.2, 0.2), (logps, old))
+    assert torch.autograd.gradcheck(
+        lambda a, b: frpo_loss(a, b, adv, mask, gid, 0.3, jackknife=jackknife), (logps, old))
     log_ratio = (logps - old).detach()
     assert (log_ratio[mask] > 0.2).any() and (log_ratio[mask] < -0.3).any()  # both regions exercised
 

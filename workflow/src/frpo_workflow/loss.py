@@ -8,14 +8,17 @@ FRPO maximises the entropic risk J_λ(π) = −λ log E_π exp(−A/λ) of each 
 the loss for G whole groups is  max(λ, 1) · [ mean_g J_g − mean_g mean_{i∈g} ρ_i ]  with J_g = log u_g
 or its jackknife  n·log u_g − ((n−1)/n) Σ_i log u_g^(−i).
 
-Everything is computed in log space: exp(−A/λ) reaches e^5000 for A = −50, λ = 0.01, so u_g is never
-formed; log u_g = logsumexp_i(log ρ_i − A_i/λ) − log n. Leave-one-out terms are logsumexps over the
-other members (never log(sum − e_i), which cancels to 0 when one completion dominates the group).
+Numerics: everything is computed in log space: exp(−A/λ) reaches e^5000 for A = −50, λ = 0.01, so
+u_g is never formed; log u_g = logsumexp_i(log ρ_i − A_i/λ) − log n. Leave-one-out terms are
+logsumexps over the other members (never log(sum − e_i), which cancels to 0 when one completion
+dominates the group).
 
-Cost: the loss depends on the (B, T) log-probs only through the B numbers log ρ_i, so the token work
-is one fused pass (`_SequenceLogRatio`: a masked logsumexp whose backward is a single multiply) and
-the group algebra runs on a (G, n) table of B entries. Its forward + backward costs about what GRPO's
-clipped surrogate does (benchmarks/frpo_loss.py).
+Cost: the loss depends on the (B, T) log-probs only through the B numbers log ρ_i, so its gradient is
+  d loss / d log π_θ(y_it) = (d loss / d log ρ_i) · (d log ρ_i / d log π_θ(y_it)),
+a per-completion weight times a per-token one. Both factors are formed in closed form in the forward
+pass (`_token_pass`, `_group_objective`) and backward is a single (B, T) multiply, so forward +
+backward costs about what GRPO's clipped surrogate does (benchmarks/frpo_loss.py). The closed forms
+are checked against autograd on a float64 transcription of the formulas (tests/unit/test_loss.py).
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 # A finite stand-in for log(0): masked tokens and padded group slots. Finite (unlike -inf) so no
-# backward pass ever computes inf − inf; exp() of it is exactly 0 in float32.
+# step ever computes inf − inf.
 _LOG_ZERO = -1e30
+# Floor for the exponents of the max-shifted logsumexps: exp() takes a slow path below about -87 on
+# common CPUs (10-40x, the log-0 stand-in included). A term e^-80 ≈ 2e-35 beside the row's largest,
+# e^0 = 1, is lost in float32 and float64 alike, and log-0 slots get no gradient either way.
+_EXP_FLOOR = -80.0
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -38,87 +45,117 @@ def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-class _SequenceLogRatio(torch.autograd.Function):
-    """log ρ_i (B,) from (B, T) log-probs, with a backward that is one (B, T) multiply.
+def _token_pass(logps, old_logps, keep, cap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log ρ_i (B,), and d log ρ_i / d logps_it as unnormalised weights (B, T) over their sum (B,).
 
     min(r, clip(r, 1−ε_low, 1+ε_high)) = min(r, 1+ε_high) is monotone in r, so its log is
-    c_it = min(log r_it, log(1+ε_high)) and log ρ_i is a masked logsumexp of c_i minus log(token count).
-    Its derivative d log ρ_i / d log π_θ(y_it) = softmax_t(c_i)_t · [log r_it ≤ log(1+ε_high)] is
-    formed in the same pass and kept (unnormalised, with its (B,) normaliser), so backward is one
-    multiply; autograd through the same ops would save and replay half a dozen (B, T) intermediates.
-    A completion with no unmasked token gets log ρ = log 0 (it then carries no weight) and no gradient.
+    c_it = min(log r_it, cap = log(1+ε_high)), and log ρ_i is a masked logsumexp of c_i minus
+    log(token count). Its derivative is softmax_t(c_i), zeroed where the cap is active. A completion
+    with no unmasked token gets log ρ = log 0 (it then carries no weight) and no gradient.
     """
-
-    @staticmethod
-    def forward(ctx, logps, old_logps, keep, cap):
-        log_ratio = logps - old_logps
-        passes = (log_ratio <= cap) & keep  # tokens whose ratio is below the cap carry gradient
-        clipped = torch.where(keep, log_ratio.clamp_(max=cap), _LOG_ZERO)
-        shift = clipped.amax(-1, keepdim=True)  # per-row max: no underflow of the token mean
-        weights = clipped.sub_(shift).exp_()
-        total = weights.sum(-1)
-        n_tokens = keep.sum(-1).clamp(min=1).to(logps.dtype)
-        ctx.save_for_backward(weights.mul_(passes), total)
-        return shift.squeeze(-1) + total.log() - n_tokens.log()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        weights, total = ctx.saved_tensors
-        grad_logps = weights * (grad / total).unsqueeze(-1)
-        return grad_logps, (-grad_logps if ctx.needs_input_grad[1] else None), None, None
+    log_ratio = logps - old_logps
+    passes = (log_ratio <= cap) & keep  # tokens whose ratio is under the cap carry gradient
+    clipped = torch.where(keep, log_ratio.clamp_(max=cap), _LOG_ZERO)
+    shift = clipped.amax(-1, keepdim=True)  # per-row max: the token mean never underflows
+    weights = clipped.sub_(shift).clamp_(min=_EXP_FLOOR).exp_()
+    total = weights.sum(-1)
+    n_tokens = keep.sum(-1).clamp(min=1).to(logps.dtype)
+    return shift.squeeze(-1) + total.log() - n_tokens.log(), weights.mul_(passes), total
 
 
-def sequence_log_ratio(
-    logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float
-) -> torch.Tensor:
-    """log ρ_i: log of the token mean of the (upper-)clipped importance ratio, per completion (B,)."""
-    if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
-        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, eps_high={eps_high}")
-    return _SequenceLogRatio.apply(logps, old_logps, mask.bool(), math.log1p(eps_high))
+def _group_layout(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each row goes in a (G, n) table of the groups, one table row per distinct id (ascending).
 
-
-def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (G, n) row-index table of the groups, one row per distinct id (ascending), and the (G,) sizes.
-
-    Rows of a group need not be contiguous. Groups of equal size (what the trainer passes) are the
-    stably sorted row order reshaped; unequal ones are padded with index B (see `_table`).
+    Returns index (G, n): the batch row in each slot, B in padded slots (see `_table`); position (B,):
+    each batch row's slot in the flattened table (see `_rows`); counts (G,): the group sizes. Rows of
+    a group need not be contiguous. Groups of equal size (what the trainer passes) need no padding:
+    the stably sorted row order, reshaped.
     """
+    rows = len(group_ids)
     order = torch.argsort(group_ids, stable=True)
     _, counts = torch.unique_consecutive(group_ids[order], return_counts=True)
-    size = int(counts.max())
-    if size * len(counts) == len(order):
-        return order.view(len(counts), size), counts
-    slots = torch.arange(size, device=order.device)
-    starts = (torch.cumsum(counts, 0) - counts).unsqueeze(1)
-    index = order[(starts + slots).clamp(max=len(order) - 1)]
-    return torch.where(slots < counts.unsqueeze(1), index, len(order)), counts
+    groups, size = len(counts), int(counts.max())
+    if size * groups == rows:
+        index, slot = order.view(groups, size), torch.arange(rows, device=order.device)
+    else:
+        group = torch.repeat_interleave(torch.arange(groups, device=order.device), counts, output_size=rows)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = group * size + torch.arange(rows, device=order.device) - starts[group]
+        index = order.new_full((groups * size,), rows).index_put_((slot,), order).view(groups, size)
+    return index, torch.empty_like(order).index_put_((order,), slot), counts
 
 
 def _table(values: torch.Tensor, index: torch.Tensor, fill: float) -> torch.Tensor:
-    """(B,) values laid out as the (G, n) table of `_group_index`; padded slots hold `fill`."""
+    """(B,) values laid out as the (G, n) table of `_group_layout`; padded slots hold `fill`."""
     if index.numel() > len(values):  # padded: index B points at the fill value
         values = torch.cat([values, values.new_full((1,), fill)])
     return values[index]
 
 
-def _group_log_means(log_w: torch.Tensor, counts: torch.Tensor, jackknife: bool) -> torch.Tensor:
-    """J_g per group from a (G, n) table of log-weights log ρ_i − A_i/λ, padded with log 0."""
-    n = counts.to(log_w.dtype)
-    log_u = torch.logsumexp(log_w, dim=1) - torch.log(n)
-    if not jackknife:
-        return log_u
-    size = log_w.shape[1]
-    eye = torch.eye(size, dtype=torch.bool, device=log_w.device)
-    # Row i of the (G, n, n) table is the group with member i removed: a leave-one-out logsumexp
-    # without subtraction. n is the group size (8 in the paper), so the n² table is cheap.
-    loo = torch.logsumexp(log_w.unsqueeze(1).masked_fill(eye, _LOG_ZERO), dim=-1)
-    loo = loo - torch.log((n - 1).clamp(min=1)).unsqueeze(1)
-    present = torch.arange(size, device=log_w.device).unsqueeze(0) < counts.unsqueeze(1)
-    loo_sum = torch.where(present, loo, torch.zeros_like(loo)).sum(1)
-    jack = n * log_u - (n - 1) / n * loo_sum
-    # A one-completion group has no leave-one-out mean; its jackknife weight (n−1)/n is 0 anyway.
-    return torch.where(counts > 1, jack, log_u)
+def _rows(table: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """A (G, n) table back to (B,) batch order (padded slots dropped)."""
+    return table.flatten()[position]
+
+
+def _lse_softmax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logsumexp of x along `dim` (kept) and softmax(x) along it, from one exp pass."""
+    shift = x.amax(dim, keepdim=True)
+    e = (x - shift).clamp_(min=_EXP_FLOOR).exp_()
+    total = e.sum(dim, keepdim=True)
+    return shift + total.log(), e / total
+
+
+def _group_objective(log_rho, advantages, group_ids, lam: float, jackknife: bool, baseline: bool):
+    """The loss from (B,) log ρ_i, and its gradient w.r.t. each log ρ_i (B,).
+
+    With a_i = log ρ_i − A_i/λ (padded slots: log 0) and π = softmax(a) over a group:
+    d log u / d a_i = π_i; for the leave-one-out mean without member k, d log u^(−k) / d a_i is
+    softmax_{j≠k}(a)_i; d ρ_i / d log ρ_i = ρ_i for the baseline.
+    """
+    index, position, counts = _group_layout(group_ids)
+    n = counts.to(log_rho.dtype).unsqueeze(1)  # (G, 1)
+    log_rho = _table(log_rho, index, _LOG_ZERO)
+    a = log_rho - _table(advantages, index, 0.0) / lam
+    lse, grad = _lse_softmax(a, 1)  # d log u / d a = π
+    objective = lse - n.log()  # log u_g
+    if jackknife:
+        size = a.shape[1]
+        eye = torch.eye(size, dtype=torch.bool, device=a.device)
+        absent = torch.arange(size, device=a.device) >= n  # (G, n): padded slots k
+        # Row k of the (G, n, n) table is the group with member k removed: a leave-one-out logsumexp
+        # without subtraction. n is the group size (8 in the paper), so the n² table is cheap.
+        loo_lse, loo_grad = _lse_softmax(a.unsqueeze(1).masked_fill(eye, _LOG_ZERO), -1)
+        loo = loo_lse.squeeze(-1) - (n - 1).clamp(min=1).log()  # log u^(−k)
+        loo_sum = loo.masked_fill(absent, 0.0).sum(1, keepdim=True)
+        loo_grad = loo_grad.masked_fill(eye | absent.unsqueeze(-1), 0.0).sum(1)
+        # A one-completion group has no leave-one-out mean; its weight (n−1)/n is 0 anyway.
+        objective = n * objective - (n - 1) / n * loo_sum
+        grad = n * grad - (n - 1) / n * loo_grad
+    objective, grad = objective.mean(), grad / len(counts)
+    if baseline:  # padded slots hold ρ = exp(log 0) = 0
+        rho = log_rho.exp()
+        objective = objective - (rho.sum(1) / n.squeeze(1)).mean()
+        grad = grad - rho / (n * len(counts))
+    scale = max(lam, 1.0)
+    return scale * objective, scale * _rows(grad, position)
+
+
+class _FRPOLoss(torch.autograd.Function):
+    """The loss and its gradient w.r.t. the log-probs in one forward pass; backward is one multiply."""
+
+    @staticmethod
+    def forward(ctx, logps, old_logps, advantages, keep, group_ids, lam, cap, jackknife, baseline):
+        log_rho, token_weights, total = _token_pass(logps, old_logps, keep, cap)
+        loss, rho_grad = _group_objective(log_rho, advantages, group_ids, lam, jackknife, baseline)
+        ctx.save_for_backward(rho_grad / total, token_weights)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        row, token_weights = ctx.saved_tensors
+        grad_logps = token_weights * (grad * row).unsqueeze(-1)
+        return grad_logps, (-grad_logps if ctx.needs_input_grad[1] else None), *[None] * 7
 
 
 def frpo_loss(
@@ -136,13 +173,15 @@ def frpo_loss(
     """The FRPO policy loss (to minimise) for a batch of whole groups; a 0-dim float tensor.
 
     logps, old_logps, mask: (B, T) per-token log-probs under the current and the sampling policy and
-    the completion mask. advantages: (B,) A_i = r_i − mean of its group. group_ids: (B,) integers,
-    equal exactly for the completions of one prompt. lam: λ > 0. Returns
-    max(λ, 1) · (mean_g J_g − mean_g mean_{i∈g} ρ_i), the baseline term only when `baseline`.
+    the completion mask. advantages: (B,) A_i = r_i − mean of its group (a constant: no gradient flows
+    to it). group_ids: (B,) integers, equal exactly for the completions of one prompt. lam: λ > 0.
+    Returns max(λ, 1) · (mean_g J_g − mean_g mean_{i∈g} ρ_i), the baseline term only when `baseline`.
     No KL term and no gradient-accumulation or per-process rescaling: callers add those.
     """
     if not lam > 0:
         raise ValueError(f"FRPO needs lambda > 0, got {lam}")
+    if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
+        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, eps_high={eps_high}")
     if group_ids.dtype.is_floating_point or group_ids.dtype == torch.bool:
         raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
     if not (logps.shape == old_logps.shape == mask.shape) or logps.dim() != 2:
@@ -153,23 +192,15 @@ def frpo_loss(
                          f"{tuple(advantages.shape)} and {tuple(group_ids.shape)}")
 
     dtype = _work_dtype(logps, old_logps, advantages)
-    log_rho = sequence_log_ratio(logps.to(dtype), old_logps.to(dtype), mask, eps_low, eps_high)
-    index, counts = _group_index(group_ids)
-    log_rho = _table(log_rho, index, _LOG_ZERO)
-    log_w = log_rho - _table(advantages.to(dtype), index, 0.0) / lam
-
-    objective = _group_log_means(log_w, counts, jackknife).mean()
-    if baseline:  # padded slots hold ρ = exp(log 0) = 0
-        objective = objective - (log_rho.exp().sum(1) / counts.to(dtype)).mean()
-    return max(lam, 1.0) * objective
+    return _FRPOLoss.apply(logps.to(dtype), old_logps.to(dtype), advantages.detach().to(dtype), mask.bool(),
+                           group_ids, lam, math.log1p(eps_high), jackknife, baseline)
 
 
 def frpo_weights(advantages: torch.Tensor, group_ids: torch.Tensor, lam: float) -> torch.Tensor:
     """Each completion's normalised FRPO weight softmax_{i∈g}(−A_i/λ), (B,); for logging (entropy)."""
-    scores = -advantages.to(_work_dtype(advantages)) / lam
-    index, _ = _group_index(group_ids)
-    _, inverse = torch.unique(group_ids, return_inverse=True)  # same ascending order as the table rows
-    return torch.exp(scores - torch.logsumexp(_table(scores, index, _LOG_ZERO), dim=1)[inverse])
+    index, position, _ = _group_layout(group_ids)
+    scores = _table(-advantages.to(_work_dtype(advantages)) / lam, index, _LOG_ZERO)
+    return _rows(torch.softmax(scores, dim=1), position)
 
 
 def grpo_loss(
