@@ -1,13 +1,14 @@
 """FRPO's loss alone against GRPO's clipped surrogate: forward + backward on identical inputs.
 
     python benchmarks/frpo_loss.py                       # 64 groups of 8 x 256 tokens, CPU or CUDA
-    python benchmarks/frpo_loss.py --groups 16 --tokens 1024 --device cpu
+    python benchmarks/frpo_loss.py --groups 16 --tokens 1024 --device cpu --threads 1
 
 Per-token log-probs are a leaf tensor requiring grad (what the model hands the loss); advantages are
 group-centred rewards, completion lengths vary, and rows are shuffled as TRL shuffles them, so FRPO
 has to find its groups. The two losses run alternately after a warm-up; the last line is the median
-of the per-pair time ratios (goal <= 1.5; before the fused log-ratio pass it was 1.5-2.0 on 2 CPU
-cores). `alternate` and `loss_timers` are shared with frpo_overhead.py.
+of the per-pair time ratios (goal <= 1.5; 1.8-2.0 while FRPO's gradient went through autograd, on 2
+CPU cores). On a shared machine, --threads 1 keeps other jobs from stalling the intra-op thread pool.
+`alternate`, `loss_timers` and friends are shared with frpo_overhead.py.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def pick_device(name: str | None) -> torch.device:
 def alternate(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device) -> dict:
     """Run each step in turn `warmup` times untimed, then `repeats` times timed; seconds per step, by name.
 
-    Alternating (rather than all of one, then all of the other) spreads clock and load drift over both.
+    Alternating (rather than all of one, then all of the other) spreads clock and load drift over both;
+    the order flips every round (A B, B A, ...) so neither always runs first.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + repeats):
-        for name, step in steps.items():
+        for name, step in list(steps.items())[:: 1 if i % 2 else -1]:
             sync()
             start = time.perf_counter()
             step()
@@ -96,7 +98,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed steps per loss (>= 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per loss first")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     args = p.parse_args()
+    if args.repeats < 20:
+        p.error("--repeats must be at least 20 (a median over fewer steps is noise)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"{args.groups} groups x {args.n} completions x {args.tokens} tokens, lambda {args.lam}")

@@ -1,17 +1,18 @@
 """FRPO's extra cost per training step over GRPO, on identical inputs, through the real FRPOTrainer.
 
-    HF_HUB_OFFLINE=1 python benchmarks/frpo_overhead.py               # the default study's model and step
-    python benchmarks/frpo_overhead.py --hidden 512 --layers 8 --tokens 128 --repeats 30
+    python benchmarks/frpo_overhead.py                  # the default study's model and step
+    python benchmarks/frpo_overhead.py --hidden 512 --layers 8 --tokens 128 --threads 1
 
-What a step is: both methods generate, score and compute advantages with the same TRL code, so the
-part that can differ is the rest of the step: `compute_loss` (TRL's GRPO loss, or FRPO's through
-FRPOTrainer, with its KL term and logged metrics), backward, gradient clipping and the optimizer step.
-ONE generated batch (FRPOTrainer's `_generate_and_score_completions` on a tiny Llama, rows shuffled as
-TRL shuffles them) is replayed through that part for a GRPO trainer and an FRPO trainer built from the
-same weights, alternately, warm-up excluded; medians over `--repeats` steps each. The loss alone
-(forward + backward on the batch's own log-probs, then at 64 groups x 8 x 256 tokens) is timed the same
-way. CUDA when present, else CPU; nothing is downloaded. The last line is the median of the per-pair
-step-time ratios; goal <= 1.02.
+What a step is: generation, scoring and advantages run the same TRL code for both methods (identical
+work, and sampling noise the methods do not cause), so the step is compared on identical inputs: ONE
+generated batch (FRPOTrainer's `_generate_and_score_completions` on a tiny Llama, rows shuffled as TRL
+shuffles them) is replayed through the rest of a step, `compute_loss` (TRL's own GRPO loss, or FRPO's
+with the same KL term, plus each method's logged metrics), backward, gradient clipping and the
+optimizer step, for a GRPO and an FRPO trainer built from the same weights, alternately, warm-up
+excluded; medians over `--repeats` steps each. The loss alone (`frpo_loss` against `grpo_loss`, the
+plain clipped surrogate: forward + backward on the batch's own log-probs, then at 64 groups x 8 x 256
+tokens) is timed the same way. CUDA when present, else CPU; nothing is downloaded. The last line is
+the median of the per-pair step-time ratios; goal <= 1.02.
 """
 
 from __future__ import annotations
@@ -106,9 +107,14 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient, as in the default study")
     p.add_argument("--lam", type=float, default=1.0)
-    p.add_argument("--repeats", type=int, default=30, help="timed steps per method (>= 20)")
+    p.add_argument("--repeats", type=int, default=40, help="timed steps per method (>= 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per method first")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     args = p.parse_args()
+    if args.repeats < 20:
+        p.error("--repeats must be at least 20 (a median over fewer steps is noise)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(None)
     with tempfile.TemporaryDirectory(prefix="frpo-overhead-") as workdir:
         trainers = build_trainers(args, device, workdir)
