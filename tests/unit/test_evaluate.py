@@ -4,13 +4,13 @@ import copy
 import json
 
 import pytest
-
-from frpo_workflow.metrics import DEFAULT_METRICS
 import torch
 
 from frpo_workflow import evaluate as ev
 from frpo_workflow.evaluate import CurveCallback, evaluate_model, read_metrics, sequence_kl, write_metrics
-from frpo_workflow.generation import generate, generate_ids
+from frpo_workflow.generation import chat_prompts, generate, generate_ids
+from frpo_workflow.metrics import DEFAULT_METRICS
+from frpo_workflow.prompts import prompt_length, truncate_prompts
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}<|{{ message['role'] }}|>{{ message['content'] }}"
@@ -209,3 +209,26 @@ def test_curve_callback_resumes_its_curve_and_stays_off_other_processes(tmp_path
     other = CurveCallback(None, {}, tmp_path / "rank1.json", every_k_steps=1)
     other.on_step_end(None, TrainerState(global_step=1, is_world_process_zero=False), TrainerControl(), model=object())
     assert not (tmp_path / "rank1.json").exists()
+
+
+def test_conversation_prompts_keep_their_system_turn(model, tokenizer):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 plus 4?"}]
+    assert chat_prompts(tokenizer, [chat, "What is 3 plus 4?"]) == [
+        "<|system|>Be brief.<|user|>What is 3 plus 4?<|assistant|>", "<|user|>What is 3 plus 4?<|assistant|>"]
+    texts = generate(model, tokenizer, [chat, chat[1:]], max_new_tokens=4)
+    assert len(texts) == 2
+
+
+def test_truncate_prompts_cuts_the_start_of_the_user_text_and_counts(tokenizer):
+    long = " ".join(f"What is {a} plus 4?" for a in range(3, 12))
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": long}]
+    records = [{"id": "a", "prompt": long}, {"id": "b", "prompt": chat}, {"id": "c", "prompt": "What is 3 plus 4?"}]
+    limit = prompt_length(tokenizer, [chat[0], {"role": "user", "content": "What is 3 plus 4?"}]) + 6
+    cut, n = truncate_prompts(records, tokenizer, limit)
+    assert n == 2 and cut[2] is records[2]
+    assert all(prompt_length(tokenizer, r["prompt"]) <= limit for r in cut)
+    assert long.endswith(cut[0]["prompt"].strip()) and cut[0]["prompt"].strip() != long  # the end is kept
+    assert cut[1]["prompt"][0] == chat[0] and long.endswith(cut[1]["prompt"][1]["content"].strip())
+    assert truncate_prompts(records, tokenizer, None) == (records, 0)
+    with pytest.raises(ValueError, match="record 'b': max_prompt_length 9 leaves no room"):
+        truncate_prompts(records[1:2], tokenizer, 9)

@@ -95,15 +95,33 @@ def test_policy_optimisation_trains_and_saves(tmp_path, base, world, method):
     settings = {"method": method, "lr": 1e-3, "steps": 2, "num_generations": 4, "prompts_per_step": 2,
                 "max_completion_length": 6, "beta": 0.04, "save_steps": 10,
                 "rewards": ["safety", "helpfulness", "test_brevity"]}
+    records = world["align_prompts"]
     if method == "frpo":
         settings["lam"] = 0.5
-    summary = run_policy_optimisation(base, world["align_prompts"], policy_config(settings), tmp_path / "out",
-                                      tmp_path / "ckpt")
+        # Conversations with a system turn train as they are, and a length cap cuts the longer prompts.
+        from frpo_workflow.base_model import load_model_and_tokenizer
+        from frpo_workflow.prompts import prompt_length
+
+        records = [{**r, "prompt": [{"role": "system", "content": "Be safe."}, {"role": "user", "content": r["prompt"]}]}
+                   for r in records]
+        tokenizer = load_model_and_tokenizer(base)[1]
+        lengths = sorted(prompt_length(tokenizer, r["prompt"]) for r in records)
+        settings["max_prompt_length"] = lengths[len(lengths) // 2]
+    summary = run_policy_optimisation(base, records, policy_config(settings), tmp_path / "out", tmp_path / "ckpt")
     assert summary["global_step"] == 2
+    if method == "frpo":
+        assert 0 < summary["prompts_truncated"] < len(records)
     logged = {k for h in summary["log_history"] for k in h}
     assert {"rewards/safety/mean", "rewards/helpfulness/mean", "kl"} <= logged
     assert ("frpo/weight_entropy" in logged) == (method == "frpo")
     assert _changed(_params(base), _params(tmp_path / "out"))
+
+
+def test_length_in_epochs(tmp_path, base, world):
+    records = world["sft_affirmative"][:12]
+    summary = run_sft(base, records, sft_config({"lr": 1e-3, "epochs": 2, "steps": 999, "batch_size": 4}),
+                      tmp_path / "out", tmp_path / "ckpt")
+    assert summary["global_step"] == 6  # 2 passes over 12 records, 4 a step
 
 
 def test_lora_saves_an_adapter_that_loads_merged(tmp_path, base, world):
