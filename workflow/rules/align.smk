@@ -5,7 +5,6 @@ rule align:
     input:
         model=rules.base_model.output[0],
         data=dataset_dir(config["align"]["dataset"]),
-        checked=data_checked(),
     output:
         directory(out(paths.ALIGNED)),
     log:

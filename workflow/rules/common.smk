@@ -51,12 +51,6 @@ def dataset_dir(name):
     return out(paths.DATASET.format(dataset=name))
 
 
-def data_checked():
-    """Every model job waits for the data check; ancient(): a re-check (an evaluation file edited)
-    does not by itself rerun jobs whose own data did not change."""
-    return ancient(out(paths.DATA_CHECK))
-
-
 def dataset_spec(name):
     return plan.dataset_spec(config, name)
 
@@ -130,7 +124,7 @@ def all_finetunes():
 # ---- per-job settings (params): each job's slice of the config, nothing more ----------------
 def base_model_inputs(wildcards):
     model = config["models"][wildcards.model]
-    inputs = {"checked": data_checked()}
+    inputs = {"experiment": rules.tracking_experiment.output[0]}  # created once, before runs fan out
     if model["source"] == "tiny":
         inputs["data"] = dataset_dir(model["pretrain_dataset"])
     return inputs
@@ -165,19 +159,3 @@ def evaluate_spec(stage):
         return as_json({**config["evaluate"], "state": state_record(stage, wildcards)})
 
     return spec
-
-
-def data_check_spec():
-    """What the data check needs beyond the records: how each dataset is used, and by which judges."""
-    regimes = config["finetune"]["regimes"]
-    return as_json({
-        "uses": plan.dataset_uses(config),
-        "rewards": {**{f"align ({m})": [config["align"]["dataset"], plan.method_settings(config, m).get("rewards", [])]
-                       for m in METHODS},
-                    **{f"finetune.regimes.{r}": [spec["dataset"], spec.get("rewards", [])]
-                       for r, spec in regimes.items() if spec["type"] == "rl"}},
-        "completions": {f"finetune.regimes.{r}": spec["dataset"] for r, spec in regimes.items() if spec["type"] == "sft"},
-        "eval_sets": config["evaluate"]["sets"],
-        "curve_sets": curve_sets(),
-        "metrics": config["evaluate"]["metrics"],
-    })

@@ -1,6 +1,9 @@
-# Stage "data": the MLflow experiment (created once, before jobs fan out), the toy world, every dataset the
-# study reads as records (one job each, on the submitting host: hub downloads need its network), and the
-# data check that every model job waits for, so a broken file fails in seconds, before any training.
+# Stage "data": the MLflow experiment (created once, before jobs fan out), the toy world, and every dataset
+# the study reads as records: one job each, on the submitting host (hub downloads need its network), first
+# in line (priority), checking its rows and its use in the study, so a broken file fails in seconds.
+# Model jobs depend on the datasets they read and nothing else: editing an evaluation file reruns the
+# evaluations, not the training. (No gate job that every job waits for: a gate's rerun would rerun
+# everything, and Snakemake 9.27 skips jobs behind an ancient() gate whenever the gate reruns.)
 
 
 rule tracking_experiment:
@@ -52,30 +55,11 @@ rule dataset:
     benchmark:
         side("benchmarks", paths.DATASET, ".tsv")
     localrule: True
+    priority: 50
     conda:
         "../../envs/report.yaml"
     params:
-        spec=lambda wc: as_json(dataset_spec(wc.dataset)),
+        spec=lambda wc: as_json({"source": dataset_spec(wc.dataset), "usage": plan.dataset_usage(config, wc.dataset)}),
         toy=lambda wc, input: f"--toy-world {input.toy_world}" if "toy_world" in input.keys() else "",
     shell:
         "python -m frpo_workflow.cli.data dataset --spec {params.spec:q} {params.toy} --out {output} > {log} 2>&1"
-
-
-rule data:
-    input:
-        experiment=rules.tracking_experiment.output,
-        datasets=[dataset_dir(name) for name in DATASETS],
-    output:
-        out(paths.DATA_CHECK),
-    log:
-        side("logs", paths.DATA_CHECK, ".log"),
-    benchmark:
-        side("benchmarks", paths.DATA_CHECK, ".tsv")
-    localrule: True
-    conda:
-        "../../envs/report.yaml"
-    params:
-        spec=data_check_spec(),
-        datasets=named_dirs("--datasets", {name: dataset_dir(name) for name in DATASETS}),
-    shell:
-        "python -m frpo_workflow.cli.data check --spec {params.spec:q} {params.datasets} --out {output} > {log} 2>&1"

@@ -7,7 +7,6 @@ rule evaluate_base:
     input:
         model=rules.base_model.output[0],
         eval_sets=list(eval_set_dirs().values()),
-        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.BASE), "metrics.json"),
         generations=out(paths.evaluation(paths.BASE), "generations.jsonl"),
@@ -40,7 +39,6 @@ use rule evaluate_base as evaluate_aligned with:
         model=rules.align.output[0],
         reference=rules.base_model.output[0],
         eval_sets=list(eval_set_dirs().values()),
-        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.ALIGNED), "metrics.json"),
         generations=out(paths.evaluation(paths.ALIGNED), "generations.jsonl"),
@@ -60,7 +58,6 @@ use rule evaluate_base as evaluate_finetuned with:
         model=rules.finetune.output[0],
         reference=rules.align.output[0],
         eval_sets=list(eval_set_dirs().values()),
-        checked=data_checked(),
     output:
         metrics=out(paths.evaluation(paths.FINETUNED), "metrics.json"),
         generations=out(paths.evaluation(paths.FINETUNED), "generations.jsonl"),

@@ -6,7 +6,6 @@ rule finetune:
         model=rules.align.output[0],
         data=regime_dataset_dir,
         curve_sets=list(curve_set_dirs().values()),
-        checked=data_checked(),
     output:
         directory(out(paths.FINETUNED)),
     log:

@@ -2,7 +2,6 @@
 
     {results}/data/toy_world/                                the generated toy world (JSONL splits)
     {results}/data/datasets/{dataset}/records.jsonl          every dataset the study reads, as records
-    {results}/data/checked.json                              the data check every model job waits for
     {results}/base_model/{model}/                            base model (or model_ref.json)
     {results}/aligned/{model}/{method}/                      aligned model, method = grpo | frpo-l<λ>
     {results}/finetuned/{model}/{method}/{regime}/seed{seed}/  downstream fine-tune (+ curves.json)
@@ -20,7 +19,6 @@ from pathlib import PurePosixPath
 DATA = "data"
 TOY_WORLD = "data/toy_world"
 DATASET = "data/datasets/{dataset}"
-DATA_CHECK = "data/checked.json"
 RECORDS = "records.jsonl"
 BASE = "base_model/{model}"
 ALIGNED = "aligned/{model}/{method}"

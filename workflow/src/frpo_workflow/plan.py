@@ -119,6 +119,40 @@ def used_datasets(config: dict) -> list[str]:
     return list(dict.fromkeys(dataset_uses(config).values()))
 
 
+def dataset_usage(config: dict, name: str) -> dict:
+    """What the study does with dataset `name`, for its job's usage check (`data.check.check_usage`):
+    {"completions": key of an SFT regime using it, "sets": {kind it must hold: key}, "judges": {judge: key}}.
+
+    Deduplicated, so a λ added with the same rewards leaves the dataset job's parameters as they were.
+    """
+    from .metrics import DEFAULT_METRICS, judge_name
+
+    usage: dict = {"sets": {}, "judges": {}}
+    if config["align"]["dataset"] == name:
+        for method in method_keys(config):
+            for judge in method_settings(config, method).get("rewards", []):
+                usage["judges"].setdefault(judge_name(judge), f"align ({method}) rewards")
+    for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
+        if spec["dataset"] != name:
+            continue
+        if spec["type"] == "sft":
+            usage.setdefault("completions", f"finetune.regimes.{regime}")
+        for judge in spec.get("rewards", []):
+            usage["judges"].setdefault(judge_name(judge), f"finetune.regimes.{regime}.rewards")
+    metrics = config.get("evaluate", {}).get("metrics", DEFAULT_METRICS)
+    set_keys = {"evaluate.sets": config.get("evaluate", {}).get("sets", {}),
+                "finetune.curves.sets": config.get("finetune", {}).get("curves", {}).get("sets") or {}}
+    for prefix, sets in set_keys.items():
+        for set_name, dataset in sets.items():
+            if dataset != name:
+                continue
+            usage["sets"].setdefault(set_name, f"{prefix}.{set_name}")
+            for metric, spec in metrics.items():
+                if spec["set"] == set_name:
+                    usage["judges"].setdefault(judge_name(spec["judge"]), f"evaluate.metrics.{metric}")
+    return usage
+
+
 def lora_keys() -> set[str]:
     """The fields of the installed peft's LoraConfig, read from its source without importing peft
     (importing it takes seconds, and this runs at every DAG build); tests compare it with the import."""
@@ -160,7 +194,7 @@ def check_config(config: dict) -> None:
 
     Dataset names resolve (no cycles), each dataset's keys suit its type, model sources have what they
     need, judges exist, every training job's settings build (keys valid for its run type, FRPO's λ),
-    LoRA keys exist in peft. Data itself is checked by the data stage, before any training job.
+    LoRA keys exist in peft. Data itself is checked by its dataset job (`data.check`), first in line.
     """
     from .data.loaders import check_spec
     from .judges import JUDGE_FACTORIES, JUDGES

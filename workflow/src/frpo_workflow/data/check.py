@@ -1,60 +1,48 @@
-"""The data check: every dataset the study reads, against how it is used, before any model job starts.
+"""The usage check: a dataset against what the study does with it, run by the dataset's own job.
 
-Each dataset job already checked its own rows (columns, types, kinds, regexes). This checks what only
-the study's config knows: a reward judge must apply to some prompts of the data it trains on, an SFT
-regime's data must carry completions, an evaluation set must hold the kind its metrics judge. Plain
-judges are run on empty completions to see which rows they apply to (cheap and exact); model-backed
-judges are not loaded here.
+The rows were checked while loading (columns, types, kinds, regexes). This checks what only the study's
+config knows (`plan.dataset_usage` says it per dataset): a reward judge must apply to some of the
+prompts it trains on, an SFT regime's data must carry completions, an evaluation set must hold records
+of its kind and every metric's judge must apply to some of them. Plain judges are run on empty
+completions to see which rows they apply to (cheap and exact); model-backed judges are not loaded.
 """
 
 from __future__ import annotations
 
-from ..metrics import DEFAULT_METRICS, judge_columns
-from .loaders import read_dataset
+from ..metrics import judge_columns
 
 
-def check_datasets(spec: dict, dirs: dict[str, str]) -> dict:
-    """Raise ValueError naming the config key and dataset on the first misuse; return a summary."""
-    from ..judges import JUDGES
-
-    records = {name: read_dataset(path) for name, path in dirs.items()}
-    for sets in (spec.get("eval_sets", {}), spec.get("curve_sets", {})):
-        for set_name, name in sets.items():
-            if not any(r["kind"] == set_name for r in records[name]):
-                raise ValueError(f"evaluation set {set_name!r} is dataset {name!r}, which has no {set_name} records "
-                                 f"(kinds: {_kinds(records[name])})")
-
-    def applies(key: str, what: str, judge, name: str) -> None:
-        judge_name = judge if isinstance(judge, str) else judge.get("name")
-        if judge_name not in JUDGES:
-            return  # model-backed: loading it here would cost the time this check saves
-        rows = records[name]
-        try:
-            scores = JUDGES[judge_name]([r["prompt"] for r in rows], [""] * len(rows), **judge_columns(rows))
-        except ValueError as err:
-            raise ValueError(f"{key}: {what} {judge_name!r} on dataset {name!r}: {err}") from None
-        if all(s is None for s in scores):
-            raise ValueError(f"{key}: {what} {judge_name!r} applies to none of the {len(rows)} records of "
-                             f"dataset {name!r} (kinds: {_kinds(rows)})")
-
-    for key, (name, judges) in spec.get("rewards", {}).items():
-        for judge in judges:
-            applies(key, "reward", judge, name)
-    for key, name in spec.get("completions", {}).items():
-        missing = [r["id"] for r in records[name] if not r.get("completion")]
+def check_usage(name: str, records: list[dict], usage: dict) -> None:
+    """Raise ValueError naming the config key and the dataset on the first misuse."""
+    if usage.get("completions"):
+        missing = [r["id"] for r in records if not r.get("completion")]
         if missing:
-            raise ValueError(f"{key}: SFT dataset {name!r} has {len(missing)} record(s) without a completion "
-                             f"(first: {missing[0]!r}); map columns.completion")
-    for where, sets in (("evaluate", spec.get("eval_sets", {})), ("finetune.curves", spec.get("curve_sets", {}))):
-        for metric, m in spec.get("metrics", DEFAULT_METRICS).items():
-            if m["set"] in sets:
-                applies(f"{where}.sets.{m['set']}", f"metric {metric}: judge", m["judge"], sets[m["set"]])
-    return {"datasets": {name: {"records": len(rows), "kinds": _kinds(rows)} for name, rows in records.items()},
-            "uses": spec.get("uses", {})}
+            raise ValueError(f"{usage['completions']}: SFT dataset {name!r} has {len(missing)} record(s) without "
+                             f"a completion (first: {missing[0]!r}); map columns.completion")
+    for set_name, key in usage.get("sets", {}).items():
+        if not any(r["kind"] == set_name for r in records):
+            raise ValueError(f"{key}: dataset {name!r} has no {set_name} records (kinds: {kinds(records)})")
+    for judge, key in usage.get("judges", {}).items():
+        _applies(name, records, judge, key)
 
 
-def _kinds(rows: list[dict]) -> dict[str, int]:
+def kinds(records: list[dict]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for r in rows:
+    for r in records:
         counts[r["kind"]] = counts.get(r["kind"], 0) + 1
     return counts
+
+
+def _applies(name: str, records: list[dict], judge: str, key: str) -> None:
+    from ..judges import JUDGES
+
+    if judge not in JUDGES:
+        return  # model-backed: loading it here would cost the time this check saves
+    try:
+        scores = JUDGES[judge]([r["prompt"] for r in records], [""] * len(records), **judge_columns(records))
+    except ValueError as err:
+        raise ValueError(f"{key}: judge {judge!r} on dataset {name!r}: {err}") from None
+    if all(s is None for s in scores):
+        raise ValueError(f"{key}: judge {judge!r} applies to none of the {len(records)} records of dataset "
+                         f"{name!r} (kinds: {kinds(records)})")
+
