@@ -142,3 +142,24 @@ def test_lora_saves_an_adapter_that_loads_merged(tmp_path, base, world):
 def test_bad_policy_settings_are_named(values, message):
     with pytest.raises(ValueError, match=message):
         policy_config(values)
+
+
+def test_vllm_settings_map_onto_trl_or_fail_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from trl import GRPOConfig
+
+    from frpo_workflow.train import vllm_args
+
+    assert vllm_args(None) == {}
+    with pytest.raises(ValueError, match=r"vllm: unknown key\(s\) \['gpu_mem'\]"):
+        policy_config({"vllm": {"gpu_mem": 0.3}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"vllm is not installed: pip install -e '.\[vllm\]'"):
+        vllm_args({"mode": "colocate"})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    args = vllm_args({"gpu_memory_utilization": 0.3, "tensor_parallel_size": 2})
+    assert args == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
+                    "vllm_tensor_parallel_size": 2}
+    assert set(args) <= {f for f in GRPOConfig.__dataclass_fields__}  # TRL still has these fields

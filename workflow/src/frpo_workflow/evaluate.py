@@ -88,11 +88,13 @@ def _mean_score(judge_spec, set_name: str, records: list[dict], completions: lis
 
 def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None, max_new_tokens: int = 32,
                    batch_size: int = 64, kl_samples: int | None = 64, kl_sets: tuple = ("harmful", "benign"),
-                   seed: int = 0, return_generations: bool = False, metrics: dict | None = None):
+                   seed: int = 0, return_generations: bool = False, metrics: dict | None = None,
+                   answers: dict[str, list[str]] | None = None):
     """Metrics of `model` on the evaluation sets (keys among harmful, benign, task; each optional).
 
     Greedy answers are judged per `metrics` (name -> {set, judge}; default `metrics.DEFAULT_METRICS`),
-    each metric on the sets present. With `ref_model`, `kl_to_reference` (and its per-token
+    each metric on the sets present. `answers` (set -> completions) replaces the greedy generation,
+    for answers another backend (vLLM) generated. With `ref_model`, `kl_to_reference` (and its per-token
     mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
     completions sampled at temperature 1. With `return_generations`, also returns one row per prompt
     (set, id, prompt, completion, and every score), for a `generations.jsonl` to inspect.
@@ -102,9 +104,10 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None
         raise ValueError(f"unknown evaluation sets {sorted(unknown)}; known: {list(SETS)}")
     specs = DEFAULT_METRICS if metrics is None else metrics
     metrics: dict[str, float] = {f"n_{name}": len(sets.get(name, [])) for name in SETS}
-    answers = {name: generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, seed=seed)
-               for name, records in sets.items() if records}
+    if answers is None:
+        answers = {name: generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, seed=seed)
+                   for name, records in sets.items() if records}
     generations = {name: [{"set": name, "id": r.get("id"), "prompt": r["prompt"], "completion": c}
                           for r, c in zip(sets[name], texts)] for name, texts in answers.items()}
     for metric, spec in specs.items():

@@ -80,3 +80,23 @@ def generate(model, tokenizer, prompts: list, max_new_tokens: int = 32, do_sampl
     ids = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def generate_vllm(weights_dir: str, tokenizer, prompt_sets: dict[str, list], max_new_tokens: int,
+                  engine: dict | None = None) -> dict[str, list[str]]:
+    """Greedy completions per set with vLLM (the optional `vllm` extra, CUDA), in one engine for all sets.
+
+    `weights_dir` must hold full weights (merge an adapter first). The prompts are the same chat text
+    HF generation uses, so the two backends judge the same inputs.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("evaluate.backend is vllm but vllm is not installed: pip install -e '.[vllm]' on a "
+                           "CUDA machine, or set evaluate.backend: hf")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(weights_dir), tokenizer=str(weights_dir), **(engine or {}))
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    return {name: [out.outputs[0].text.strip() for out in llm.generate(chat_prompts(tokenizer, prompts), params)]
+            for name, prompts in prompt_sets.items()}

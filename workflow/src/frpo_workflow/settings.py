@@ -11,6 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+# Our vLLM keys -> TRL GRPOConfig fields (TRL 1.16).
+VLLM_KEYS = {"mode": "vllm_mode", "gpu_memory_utilization": "vllm_gpu_memory_utilization",
+             "tensor_parallel_size": "vllm_tensor_parallel_size", "max_model_length": "vllm_max_model_length"}
+
+
 def from_dict(cls, values: dict, where: str):
     """Build a settings dataclass, naming any unknown key (typos must not pass silently)."""
     known = {f.name for f in dataclasses.fields(cls)}
@@ -63,6 +68,9 @@ class PolicyConfig(CommonTrainConfig):
     eps_low: float = 0.2
     eps_high: float = 0.2
     scale_rewards: str = "group"  # GRPO only; FRPO always uses raw advantages ("none")
+    # Rollouts with vLLM instead of HF generate: {mode: colocate|server, gpu_memory_utilization,
+    # tensor_parallel_size, max_model_length}; None = HF generate (the only choice on CPU).
+    vllm: dict | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,6 +80,9 @@ class PolicyConfig(CommonTrainConfig):
             if self.lam is None or not self.lam > 0:
                 raise ValueError(f"FRPO needs lambda > 0, got lam={self.lam}")
             self.scale_rewards = "none"
+        unknown = sorted(set(self.vllm or {}) - set(VLLM_KEYS))
+        if unknown:
+            raise ValueError(f"vllm: unknown key(s) {unknown}; known: {sorted(VLLM_KEYS)}")
 
 
 @dataclass

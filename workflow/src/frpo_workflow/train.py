@@ -60,6 +60,23 @@ def _common_args(cfg: CommonTrainConfig, checkpoint_dir: Path) -> dict:
     )
 
 
+def vllm_args(vllm: dict | None) -> dict:
+    """GRPOConfig's vLLM fields for `PolicyConfig.vllm` (TRL's colocate mode by default); none without it.
+
+    Fails at once, naming the extra, where vllm is not installed: TRL would only fail at the first step.
+    """
+    import importlib.util
+
+    from .settings import VLLM_KEYS
+
+    if not vllm:
+        return {}
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("settings ask for vLLM rollouts (vllm: ...) but vllm is not installed: "
+                           "pip install -e '.[vllm]' on a CUDA machine, or remove the vllm key")
+    return {"use_vllm": True, "vllm_mode": "colocate", **{VLLM_KEYS[k]: v for k, v in vllm.items()}}
+
+
 def _peft_config(cfg: CommonTrainConfig):
     if cfg.lora is None:
         return None
@@ -161,6 +178,7 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
         scale_rewards=cfg.scale_rewards,
         reward_weights=cfg.reward_weights,
         log_completions=False,
+        **vllm_args(cfg.vllm),
     )
     frpo = FRPOSettings(cfg.lam, cfg.jackknife, cfg.baseline) if cfg.method == "frpo" else None
     trainer = FRPOTrainer(

@@ -13,6 +13,24 @@ from ..prompts import truncate_prompts
 from .common import log_source, named_paths, parser, setup_logging, tracked_job
 
 
+def vllm_answers(model_dir: str, model, tokenizer, sets: dict, spec: dict) -> dict:
+    """Greedy answers from vLLM; an adapter is merged into a temporary full-weight folder first."""
+    import os
+    import tempfile
+
+    from ..base_model import resolve_model_path
+    from ..generation import generate_vllm
+
+    prompts = {name: [r["prompt"] for r in records] for name, records in sets.items() if records}
+    weights = resolve_model_path(model_dir)
+    if not os.path.exists(os.path.join(weights, "adapter_config.json")):
+        return generate_vllm(weights, tokenizer, prompts, spec["max_new_tokens"], spec.get("vllm"))
+    with tempfile.TemporaryDirectory() as merged:
+        model.save_pretrained(merged)
+        tokenizer.save_pretrained(merged)
+        return generate_vllm(merged, tokenizer, prompts, spec["max_new_tokens"], spec.get("vllm"))
+
+
 def main(argv=None) -> None:
     p = parser(__doc__)
     p.add_argument("--model", required=True)
@@ -33,10 +51,13 @@ def main(argv=None) -> None:
             log_source(run, directory, spec["sets"][name], "evaluation")
         if truncated:
             log.warning("cut %d prompts to max_prompt_length=%d tokens", truncated, spec["max_prompt_length"])
+        answers = None
+        if spec.get("backend") == "vllm":
+            answers = vllm_answers(args.model, model, tokenizer, sets, spec)
         metrics, generations = evaluate_model(
             model, tokenizer, sets, ref_model=ref, max_new_tokens=spec["max_new_tokens"],
             batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True,
-            metrics=spec["metrics"])
+            metrics=spec["metrics"], answers=answers)
         write_generations(out / "generations.jsonl", generations)
         metrics["prompts_truncated"] = truncated
         write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics})
