@@ -13,6 +13,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 DIR = Path(__file__).parents[2] / "workflow" / "accelerate"
 EXPECTED = {
     "cpu": {"distributed_type": "NO", "use_cpu": True, "num_processes": 1, "mixed_precision": "no"},
+    "cpu_ddp": {"distributed_type": "MULTI_GPU", "use_cpu": False, "mixed_precision": "no"},
     "single_gpu": {"distributed_type": "NO", "use_cpu": False, "num_processes": 1, "mixed_precision": "bf16"},
     "ddp": {"distributed_type": "MULTI_GPU", "use_cpu": False, "mixed_precision": "bf16"},
     "zero2": {"distributed_type": "DEEPSPEED", "mixed_precision": "bf16"},

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,24 @@ def test_upstream_run_id(tmp_path):
     assert upstream_run_id(tmp_path / "raw") is None
     write_provenance(tmp_path / "untracked", inputs={}, config_slice={}, mlflow_run_id=None, started=0, ended=1)
     assert upstream_run_id(tmp_path / "untracked") is None
+
+
+def test_module_hash_covers_what_a_cli_imports_and_nothing_else(tmp_path, monkeypatch):
+    import shutil
+
+    from frpo_workflow import provenance
+
+    package = tmp_path / "frpo_workflow"
+    shutil.copytree(Path(provenance.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "_PACKAGE_DIR", package)
+    provenance._imports.cache_clear()
+    before = {m: provenance.module_sha256(m) for m in ("cli.align", "cli.report", "cli.data")}
+    (package / "loss.py").write_text((package / "loss.py").read_text() + "\n# changed\n")
+    provenance._imports.cache_clear()
+    after = {m: provenance.module_sha256(m) for m in before}
+    assert after["cli.align"] != before["cli.align"]  # align -> train -> trainer -> loss
+    assert after["cli.report"] == before["cli.report"] and after["cli.data"] == before["cli.data"]
+    (package / "judges" / "math.py").write_text((package / "judges" / "math.py").read_text() + "\n# changed\n")
+    provenance._imports.cache_clear()
+    assert provenance.module_sha256("cli.data") != after["cli.data"]  # lazily imported by the mapping
+    provenance._imports.cache_clear()

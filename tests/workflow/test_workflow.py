@@ -281,3 +281,28 @@ def test_failing_job_leaves_nothing_that_looks_complete(study, tmp_path):
     log = (study / "results" / "logs" / f"{target.removeprefix('results/')}.log").read_text()
     assert "no_such_schedule" in log  # the error names the offending value
     shutil.rmtree(study / "results" / "checkpoints" / "finetuned" / "tiny" / "grpo" / "sft-broken", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_moved_checkout_reruns_nothing_and_library_changes_rerun_their_jobs(study, tmp_path):
+    """Params and shell text hold no absolute path; each job's shell names the hash of the code it runs."""
+    checkout = tmp_path / "elsewhere"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".venv", ".git", "results", ".snakemake", "*.egg-info"))
+    env = {**ENV, "PYTHONPATH": str(checkout / "workflow" / "src")}  # the moved checkout's library
+
+    def counts(*extra):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "-n", "--cores", "2",
+               "--configfile", str(E2E), *extra]
+        proc = subprocess.run(cmd, cwd=study, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return job_counts(proc.stdout + proc.stderr)
+
+    assert counts() == {}
+    report = checkout / "workflow" / "src" / "frpo_workflow" / "report.py"
+    report.write_text(report.read_text() + "\n# a change to the report's code\n")
+    assert counts() == {"report": 1, "all": 1, "total": 2}
+    loss = checkout / "workflow" / "src" / "frpo_workflow" / "loss.py"
+    loss.write_text(loss.read_text() + "\n# a change to the loss\n")
+    changed = counts()
+    assert changed["align"] == 2 and changed["finetune"] == 4 and "base_model" not in changed and "dataset" not in changed
+    assert counts("--rerun-triggers", "mtime", "params", "input", "software-env") == {}  # the documented opt-out

@@ -23,8 +23,8 @@ rule align:
     params:
         spec=align_spec,
         job=lambda wc: job_json("align", wc),
-        launch=accelerate_launch(),
+        accelerate=accelerate_args(),
         checkpoints=side("checkpoints", paths.ALIGNED),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
-        " --model {input.model} --data {input.data} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
+        f" --model {{input.model}} --data {{input.data}} --checkpoints {{params.checkpoints}} --out {{output}} > {{log}} 2>&1 # code {code('cli.align')}"

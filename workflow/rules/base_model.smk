@@ -25,4 +25,4 @@ rule base_model:
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
     shell:
         "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
-        " {params.data} --out {output} > {log} 2>&1"
+        f" {{params.data}} --out {{output}} > {{log}} 2>&1 # code {code('cli.base_model')}"

@@ -5,7 +5,7 @@ import json
 import os
 import re
 
-from frpo_workflow import data, paths, plan
+from frpo_workflow import data, paths, plan, provenance
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 plan.check_config(config)
@@ -91,12 +91,30 @@ def named_dirs(option, dirs):
     return f"{option} " + " ".join(f"{name}={path}" for name, path in dirs.items())
 
 
-def accelerate_launch(family="train"):
-    """The launch prefix of training jobs: accelerate with the configured topology."""
+# Where the accelerate configs are, for the shell as $FRPO_ACCELERATE_DIR (set again by every job that
+# re-reads this file, on any host): an absolute path in params or in the shell text would rerun every
+# training job of a moved or freshly cloned project.
+os.environ["FRPO_ACCELERATE_DIR"] = os.path.join(workflow.basedir, "workflow", "accelerate")
+
+
+envvars:
+    "FRPO_ACCELERATE_DIR",
+
+
+def accelerate_args(family="train"):
+    """`<topology>.yaml --num_processes N` for `accelerate launch --config_file $FRPO_ACCELERATE_DIR/...`."""
     launch = config["launch"]
     n = launch["num_processes"] or max(1, config["resources"][family]["gpu"])
-    cfg = os.path.join(workflow.basedir, "workflow", "accelerate", f"{launch['accelerate_config']}.yaml")
-    return f"accelerate launch --config_file {cfg} --num_processes {n} -m"
+    return f"{launch['accelerate_config']}.yaml --num_processes {n}"
+
+
+def code(module):
+    """A shell comment naming the hash of the library code a rule's CLI runs (provenance.module_sha256).
+
+    Snakemake's `code` rerun trigger compares a rule's shell text, so a change to that code reruns the
+    rule's jobs; `--rerun-triggers mtime params input software-env` opts out.
+    """
+    return f" # code {provenance.module_sha256(module)[:16]}"
 
 
 def res(family, key):

@@ -26,7 +26,7 @@ rule tracking_experiment:
         results=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "python -m frpo_workflow.cli.experiment --name {params.name} --results {params.results}"
-        " --out {output} > {log} 2>&1"
+        f" --out {{output}} > {{log}} 2>&1 # code {code('cli.experiment')}"
 
 
 rule toy_world:
@@ -42,7 +42,7 @@ rule toy_world:
     params:
         spec=as_json(config["toy_world"]),
     shell:
-        "python -m frpo_workflow.cli.data toy --spec {params.spec:q} --out {output} > {log} 2>&1"
+        f"python -m frpo_workflow.cli.data toy --spec {{params.spec:q}} --out {{output}} > {{log}} 2>&1 # code {code('cli.data')}"
 
 
 rule dataset:
@@ -62,4 +62,4 @@ rule dataset:
         spec=lambda wc: as_json({"source": dataset_spec(wc.dataset), "usage": plan.dataset_usage(config, wc.dataset)}),
         toy=lambda wc, input: f"--toy-world {input.toy_world}" if "toy_world" in input.keys() else "",
     shell:
-        "python -m frpo_workflow.cli.data dataset --spec {params.spec:q} {params.toy} --out {output} > {log} 2>&1"
+        f"python -m frpo_workflow.cli.data dataset --spec {{params.spec:q}} {{params.toy}} --out {{output}} > {{log}} 2>&1 # code {code('cli.data')}"

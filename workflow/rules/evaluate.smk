@@ -31,7 +31,7 @@ rule evaluate_base:
         eval_sets=named_dirs("--eval-data", eval_set_dirs()),
     shell:
         "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
-        " --model {input.model} {params.reference} {params.eval_sets} --out {params.out} > {log} 2>&1"
+        f" --model {{input.model}} {{params.reference}} {{params.eval_sets}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.evaluate')}"
 
 
 use rule evaluate_base as evaluate_aligned with:

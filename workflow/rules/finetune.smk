@@ -24,10 +24,10 @@ rule finetune:
     params:
         spec=finetune_spec,
         job=lambda wc: job_json("finetune", wc),
-        launch=accelerate_launch(),
+        accelerate=accelerate_args(),
         checkpoints=side("checkpoints", paths.FINETUNED),
         curve_sets=named_dirs("--eval-data", curve_set_dirs()),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} frpo_workflow.cli.finetune --spec {params.spec:q}"
+        "OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
         " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
-        " --out {output} > {log} 2>&1"
+        f" --out {{output}} > {{log}} 2>&1 # code {code('cli.finetune')}"

@@ -29,4 +29,4 @@ rule report:
         out=lambda wc, output: os.path.dirname(output.md),
     shell:
         "python -m frpo_workflow.cli.report --spec '{{}}' --job {params.job:q} --metrics {input.metrics}"
-        " --finetuned {input.finetuned} --out {params.out} > {log} 2>&1"
+        f" --finetuned {{input.finetuned}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"

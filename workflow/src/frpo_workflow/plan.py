@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+# Accelerate configs that launch one process whatever --num_processes says (measured: `cpu` with 2 ran one).
+SINGLE_PROCESS_TOPOLOGIES = ("cpu", "single_gpu")
 METHOD_RE = re.compile(r"^(grpo|frpo-l(?P<lam>[0-9]+(\.[0-9]+)?(e-?[0-9]+)?))$")
 
 
@@ -205,6 +207,12 @@ def check_config(config: dict) -> None:
     for name, spec in config.get("datasets", {}).items():
         check_spec(spec, f"config key datasets.{name}")
         dataset_spec(config, name, f"datasets.{name}")
+    launch = config.get("launch", {})
+    topology = launch.get("accelerate_config", "cpu")
+    processes = launch.get("num_processes", 1) or max(1, config.get("resources", {}).get("train", {}).get("gpu", 0))
+    if topology in SINGLE_PROCESS_TOPOLOGIES and processes > 1:
+        raise ValueError(f"launch: accelerate_config {topology!r} runs one process, but num_processes (or the train "
+                         f"gpu resource) asks for {processes}; use cpu_ddp, ddp, zero2 or zero3")
     needs = {"local": "path", "hf": "repo_id"}
     for model, spec in config["models"].items():
         key = needs.get(spec["source"])

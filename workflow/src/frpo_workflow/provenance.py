@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
@@ -92,6 +93,56 @@ def source_sha256() -> str:
     h = hashlib.sha256()
     for path in sorted(_PACKAGE_DIR.rglob("*.py")):
         h.update(f"{path.relative_to(_PACKAGE_DIR).as_posix()}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+# `from .x import a, b` / `from . import (a,\n b)` / `import frpo_workflow.x`, anywhere in a file.
+_IMPORT_RE = re.compile(r"^\s*from\s+(\.+)([\w.]*)\s+import\s+(\([^)]*\)|[^\n]*)|^\s*import\s+frpo_workflow\.([\w.]+)",
+                        re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(name: str) -> tuple[Path | None, tuple[str, ...]]:
+    """(file, package modules it may import) of package module `name` ("" is the package itself)."""
+    base = _PACKAGE_DIR.joinpath(*name.split(".")) if name else _PACKAGE_DIR
+    path = next((c for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()), None)
+    if path is None:
+        return None, ()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = [name.rpartition(".")[0]]  # importing a.b runs a/__init__.py first
+    for dots, module, names, absolute in _IMPORT_RE.findall(path.read_text()):
+        if absolute:
+            found.append(absolute)
+            continue
+        parts = package.split(".") if package else []
+        target = ".".join([*parts[: len(parts) - (len(dots) - 1)], *([module] if module else [])])
+        found.append(target)
+        found += [f"{target}.{n.split(' as ')[0].strip()}".lstrip(".") for n in names.strip("()").split(",")
+                  if n.strip() and not n.strip().startswith("#")]
+    return path, tuple(found)
+
+
+def module_sha256(module: str) -> str:
+    """sha256 over the package's modules that `module` (e.g. "cli.align") imports, directly or not.
+
+    Imports are read from the source text (anywhere in a file, so lazy imports count), not executed:
+    cheap enough for every DAG build. A job whose code hash changes has new code to run; modules it
+    never imports (the report's plotting, for a training job) do not enter its hash.
+    """
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path, imports = _imports(name)
+        if path is None:
+            continue
+        seen[name] = path
+        todo.extend(imports)
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        h.update(f"{name}\0{file_sha256(seen[name])}\n".encode())
     return h.hexdigest()
 
 
