@@ -12,6 +12,7 @@ Logs, benchmarks and checkpoints mirror these paths under results/{logs,benchmar
 
 import copy
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from frpo_workflow import plan
@@ -31,7 +32,10 @@ if not config.get("standalone"):
     config = plan.apply_overlay(config, _overlay)
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError:  # validate() dumps the whole schema; say what is wrong, one line per key
+    raise WorkflowError(plan.schema_errors(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")) from None
 
 
 report: "workflow/report/workflow.rst"

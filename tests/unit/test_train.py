@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 from frpo_workflow.base_model import TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer
 from frpo_workflow.data.toy import build_toy_world
 from frpo_workflow.judges import completion_text, register_judge
-from frpo_workflow.train import last_checkpoint, policy_config, run_policy_optimisation, run_sft, sft_config
+from frpo_workflow.train import (last_checkpoint, policy_config, remove_checkpoints, run_policy_optimisation, run_sft,
+                                 sft_config)
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,29 @@ def test_killed_sft_resumes_from_its_last_checkpoint_then_cleans_up(tmp_path, ba
     summary = run_sft(base, world["sft_affirmative"], sft_config(SFT), out, ckpt)
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
     assert _changed(_params(base), _params(out))
-    assert last_checkpoint(ckpt) is None  # the saved model is the result; checkpoints only served the resume
+    remove_checkpoints(ckpt)  # what the stage CLI does once the output is complete
+    assert last_checkpoint(ckpt) is None and not (ckpt / "final").exists() and _changed(_params(base), _params(out))
+
+
+def test_a_checkpoint_cut_short_is_passed_over(tmp_path, base, world):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base, world["sft_affirmative"], sft_config(SFT), tmp_path / "out", ckpt, callbacks=[Kill(3)])
+    partial = ckpt / "checkpoint-3"  # killed while writing: weights there, no trainer_state.json
+    shutil.copytree(ckpt / "checkpoint-2", partial)
+    (partial / "trainer_state.json").unlink()
+    assert last_checkpoint(ckpt).endswith("checkpoint-2")
+    summary = run_sft(base, world["sft_affirmative"], sft_config(SFT), tmp_path / "out", ckpt)
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
+
+
+def test_a_job_killed_after_training_does_not_train_again(tmp_path, base, world):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    first = run_sft(base, world["sft_affirmative"], sft_config(SFT), out, ckpt)
+    trained = _params(out)
+    shutil.rmtree(out)  # the job died before its output was complete: Snakemake deletes it
+    again = run_sft(base, world["sft_affirmative"], sft_config(SFT), out, ckpt, callbacks=[Kill(1)])
+    assert again == first and all(torch.equal(trained[k], v) for k, v in _params(out).items())
 
 
 @pytest.mark.parametrize("change", ["settings", "data", "model"])

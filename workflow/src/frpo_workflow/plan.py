@@ -83,6 +83,22 @@ def regime_settings(config: dict, regime: str, seed: int) -> tuple[str, str, dic
     return kind, dataset, settings
 
 
+def schema_errors(config: dict, schema_path: str) -> str:
+    """The config's schema violations, one short line each (`config key align.defaults: ...`), for the
+    error Snakemake's validate() gives as a dump of the whole (sub)schema."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    lines = []
+    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)):
+        where = ".".join(map(str, error.path)) or "(top level)"
+        message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+        lines.append(f"config key {where}: {message}")
+    return "\n".join(lines)
+
+
 def dataset_spec(config: dict, name: str, where: str = "a dataset reference", _trail: tuple = ()) -> dict:
     """The self-contained spec of dataset `name`: names in heldout/mixture specs replaced by their specs,
     and `key` (the dataset's name, which prefixes generated ids) added. `where` names the config key
@@ -202,6 +218,8 @@ def check_config(config: dict) -> None:
     from .judges import JUDGE_FACTORIES, JUDGES
     from .settings import RUN_TYPES
 
+    if not method_keys(config):
+        raise ValueError("align: no method to run (grpo is null and align.frpo.lambdas is empty)")
     for key, name in dataset_uses(config).items():
         dataset_spec(config, name, key)
     for name, spec in config.get("datasets", {}).items():

@@ -3,8 +3,9 @@
 Alignment (GRPO or FRPO on the safety/helpfulness rewards) and the RL downstream regime (GRPO on a
 task reward) both go through `run_policy_optimisation`; SFT regimes through `run_sft`. Each run
 writes checkpoints to its own folder and, restarted after a kill, resumes from the newest one, but
-only if the same settings, data and starting model wrote it. It saves the final model (or LoRA
-adapter) with its tokenizer to the output directory and then removes its checkpoints.
+only if the same settings, data and starting model wrote it (a checkpoint cut short is passed over).
+It saves the final model (or LoRA adapter) with its tokenizer next to the checkpoints and links it into
+the output directory; the stage CLI removes the checkpoints once the output is complete.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Written into a run's checkpoint folder: which run the checkpoints belong to (see resume_point).
 FINGERPRINT_FILE = "fingerprint.json"
+# The finished model inside the checkpoint folder, kept until the job's output is complete.
+FINAL = "final"
 
 
 def _device_args(cfg: CommonTrainConfig) -> dict:
@@ -86,10 +90,14 @@ def _peft_config(cfg: CommonTrainConfig):
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` folder, if a killed run left one."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder, if a killed run left one.
 
-    return get_last_checkpoint(str(checkpoint_dir)) if Path(checkpoint_dir).is_dir() else None
+    Complete means its trainer_state.json exists: the Trainer writes it last, after the weights, the
+    optimizer and the RNG state, so a checkpoint cut short while being written is passed over.
+    """
+    steps = [(int(p.name.rpartition("-")[2]), p) for p in Path(checkpoint_dir).glob("checkpoint-*")
+             if p.name.rpartition("-")[2].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(steps)[1]) if steps else None
 
 
 def run_fingerprint(model_dir, records: list[dict], cfg: CommonTrainConfig) -> str:
@@ -108,11 +116,19 @@ def run_fingerprint(model_dir, records: list[dict], cfg: CommonTrainConfig) -> s
 
 
 def _remove_checkpoints(checkpoint_dir: Path) -> int:
-    """Delete every `checkpoint-N` folder of a run; returns how many there were."""
-    stale = sorted(checkpoint_dir.glob("checkpoint-*"))
+    """Delete every `checkpoint-N` folder of a run and its saved final model; returns how many there were."""
+    stale = sorted([*checkpoint_dir.glob("checkpoint-*"), *checkpoint_dir.glob(FINAL)])
     for path in stale:
         shutil.rmtree(path)
     return len(stale)
+
+
+def remove_checkpoints(checkpoint_dir) -> None:
+    """Drop a finished run's checkpoints and final copy: called once its output is complete (provenance
+    written), since until then a kill makes Snakemake delete the output and the rerun needs them."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if checkpoint_dir.is_dir():
+        _remove_checkpoints(checkpoint_dir)
 
 
 def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str | None:
@@ -135,20 +151,56 @@ def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str 
 
 
 def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint: str) -> dict:
-    """Train (resuming where a matching checkpoint exists), save the result, then drop the checkpoints."""
+    """Train (resuming where a matching checkpoint exists) and save the result to `out_dir`.
+
+    The model is saved into the checkpoint folder first (`final/`, with the run's summary) and hard-linked
+    into `out_dir`: a job killed after training, before its output was complete, finds `final/` on the
+    rerun and does not train again. The caller removes the checkpoints once the output is complete.
+    """
     args = trainer.args
+    final = checkpoint_dir / FINAL
     with args.main_process_first(local=False, desc="checkpoint check"):
         resume = resume_point(checkpoint_dir, fingerprint, is_main=args.process_index == 0)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out_dir))  # the adapter only, for LoRA; full weights otherwise
-    tokenizer.save_pretrained(str(out_dir))
+    summary_file = final / "train_summary.json"
+    if summary_file.is_file():
+        log.info("training had finished before the job was stopped: taking the model saved in %s", final)
+        summary = json.loads(summary_file.read_text())
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(final))  # the adapter only, for LoRA; full weights otherwise
+        history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+        summary = {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
+                   "resumed_from": resume, "log_history": history}
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(final))
+            _atomic_json(summary_file, summary)  # written last: its presence marks `final/` complete
     if trainer.is_world_process_zero():
-        # The saved model is the result; a full fine-tune's checkpoints (weights + optimizer state) are
-        # several times its size and serve only a resume, which a finished run no longer needs.
-        _remove_checkpoints(checkpoint_dir)
-    history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
-    return {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
-            "resumed_from": resume, "log_history": history}
+        _link_tree(final, out_dir, skip=(summary_file.name,))  # the CLI writes its own summary there
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _link_tree(src: Path, dst: Path, skip: tuple = ()) -> None:
+    """Hard-link every file of `src` into `dst` (a copy where links cannot be made): no extra disk."""
+    for path in src.rglob("*"):
+        if path.name in skip:
+            continue
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
 
 
 def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, out_dir, checkpoint_dir,

@@ -10,8 +10,8 @@ import json
 
 from ..data.loaders import read_dataset
 from ..tracking import MlflowMetricsCallback
-from ..train import policy_config, run_policy_optimisation
-from .common import log_source, parser, setup_logging, tracked_job
+from ..train import policy_config, remove_checkpoints, run_policy_optimisation
+from .common import is_main_process, log_source, parser, setup_logging, tracked_job
 
 
 def main(argv=None) -> None:
@@ -31,6 +31,8 @@ def main(argv=None) -> None:
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
         run.log_metrics({"prompts_truncated": summary["prompts_truncated"]})
         log.info("aligned with %s in %.1fs", cfg.method, summary["train_runtime_s"] or 0)
+    if is_main_process():  # the output is complete (provenance written): the resume copies can go
+        remove_checkpoints(args.checkpoints)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from ..data.loaders import read_dataset
 from ..evaluate import CurveCallback
 from ..prompts import truncate_prompts
 from ..tracking import MlflowMetricsCallback
-from ..train import policy_config, run_policy_optimisation, run_sft, sft_config
-from .common import log_source, named_paths, parser, setup_logging, tracked_job
+from ..train import policy_config, remove_checkpoints, run_policy_optimisation, run_sft, sft_config
+from .common import is_main_process, log_source, named_paths, parser, setup_logging, tracked_job
 
 
 def curve_sets(spec: dict, eval_dirs: dict[str, str], tokenizer) -> dict:
@@ -68,6 +68,8 @@ def main(argv=None) -> None:
             run.log_metrics({f"curve.{k}": v for k, v in point.items() if k != "step"}, step=point["step"])
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
         log.info("fine-tuned (%s) in %.1fs", spec["type"], summary["train_runtime_s"] or 0)
+    if is_main_process():  # the output is complete (provenance written): the resume copies can go
+        remove_checkpoints(args.checkpoints)
 
 
 if __name__ == "__main__":
