@@ -1,7 +1,8 @@
 """What every stage CLI shares: arguments, logging, the tracked job (MLflow run + provenance.json).
 
 A job's output directory is complete when its provenance.json exists: it is written last, after the
-job body succeeded, and carries the MLflow run id that downstream jobs link to as their parent.
+job body succeeded, and carries the MLflow run id that downstream jobs link to as their parent. The
+MLflow run is named after the output path (`aligned/tiny/grpo`) and keeps a copy of provenance.json.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..paths import RECORDS
-from ..provenance import upstream_run_id, write_provenance
-from ..tracking import config_hash, start_job_run
+from ..provenance import FILENAME, upstream_run_id, write_provenance
+from ..tracking import TrackingUnreachable, check_reachable, config_hash, start_job_run, tracking_uri
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -56,30 +57,47 @@ def setup_logging() -> logging.Logger:
     return logging.getLogger("frpo_workflow")
 
 
+def run_name(out_dir: str | os.PathLike, results_dir: str | os.PathLike) -> str:
+    """A job's MLflow run name: its output path below the results folder (`finetuned/tiny/grpo/sft/seed0`),
+    which reads as the lineage, in the order of the path rather than of the wildcards."""
+    out, results = Path(out_dir).resolve(), Path(results_dir).resolve()
+    return out.relative_to(results).as_posix() if out.is_relative_to(results) else Path(out_dir).as_posix()
+
+
 @contextmanager
-def tracked_job(args, inputs: dict[str, str], extra: dict | None = None):
-    """Run the job body inside an MLflow run; on success write provenance.json into --out.
+def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: bool = True):
+    """Run the job body inside an MLflow run; on success write provenance.json into --out (and log it
+    to the run, so the run lists its inputs with hashes).
 
     `inputs` maps names to upstream files/directories; upstream MLflow run ids are read from their
-    provenance.json, the first becoming this run's parent. Yields (run, spec, out_dir, extra) where
-    the body may add to `extra` (it lands in provenance.json).
+    provenance.json, the first becoming this run's parent unless `nest=False` (a job that gathers many
+    states, like the report, belongs under none of them). Yields (run, spec, out_dir, extra) where the
+    body may add to `extra` (it lands in provenance.json). An unreachable tracking server ends the job
+    at once with one line naming it.
     """
     spec = json.loads(args.spec)
     job = json.loads(args.job)
+    results_dir = job.get("results_dir", "results")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    upstream = [rid for p in inputs.values() if (rid := upstream_run_id(p)) is not None]
+    upstream = list(dict.fromkeys(rid for p in inputs.values() if (rid := upstream_run_id(p)) is not None))
     wildcards = job.get("wildcards", {})
     rule = job.get("rule", Path(sys.argv[0]).stem)
-    name = "/".join([rule, *map(str, wildcards.values())])
+    name = run_name(out_dir, results_dir)
+    if is_main_process():
+        try:
+            check_reachable(tracking_uri(results_dir))
+        except TrackingUnreachable as e:
+            raise SystemExit(f"error: {e}") from None
     extra = dict(extra or {})
     started = time.time()
     with start_job_run(
-        job.get("experiment", "frpo-adhoc"), job.get("results_dir", "results"), name,
-        params=spec, tags={}, parent_run_id=upstream[0] if upstream else None, upstream_run_ids=upstream,
-        rule=rule, wildcards=wildcards, config_hash=config_hash(spec), enabled=is_main_process(),
+        job.get("experiment", "frpo-adhoc"), results_dir, name, params=spec, tags={},
+        parent_run_id=upstream[0] if upstream and nest else None, upstream_run_ids=upstream, rule=rule,
+        wildcards=wildcards, config_hash=config_hash(spec), output=out_dir, enabled=is_main_process(),
     ) as run:
         yield run, spec, out_dir, extra
         if is_main_process():
             write_provenance(out_dir, inputs=inputs, config_slice=spec, mlflow_run_id=run.run_id,
                              started=started, ended=time.time(), extra=extra)
+            run.log_artifact(out_dir / FILENAME)

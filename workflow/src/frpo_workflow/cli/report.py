@@ -17,12 +17,15 @@ def main(argv=None) -> None:
     p.add_argument("--finetuned", nargs="*", default=[], help="fine-tuned state folders (each has curves.json)")
     args = p.parse_args(argv)
     log = setup_logging()
-    with tracked_job(args, inputs={}) as (run, spec, out, extra):
+    curves = [str(Path(d) / "curves.json") for d in args.finetuned]
+    # The files read, not the state folders: hashing fine-tuned models for provenance would cost minutes.
+    # Each file's folder holds the provenance.json naming the run that wrote it (the run's lineage).
+    inputs = {path: path for path in [*args.metrics, *curves]}
+    with tracked_job(args, inputs=inputs, nest=False) as (run, spec, out, extra):
         df = collect(args.metrics)
         csv, md = write_summary(df, out)
         pngs = [plot_safety_vs_lambda(df, out / "safety_vs_lambda.png")]
-        if args.finetuned:
-            curves = [Path(d) / "curves.json" for d in args.finetuned]
+        if curves:
             pngs.append(plot_refusal_curves(curves, out / "refusal_curves.png"))
         for path in (csv, md, *pngs):
             run.log_artifact(str(path))
