@@ -346,3 +346,23 @@ def test_real_evalplus_runs_on_a_local_humaneval_plus_file(tmp_path):
     results, = (tmp_path / "out" / "humaneval").glob("*_eval_results.json")
     statuses = {t: [s["base_status"] for s in v] for t, v in json.loads(results.read_text())["eval"].items()}
     assert statuses == {"HumanEval/0": ["pass"], "HumanEval/1": ["fail"]}
+
+
+def test_evaluate_skips_a_harness_that_is_not_installed_and_keeps_the_others(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from frpo_workflow.cli import evaluate as cli
+
+    def fake(spec, weights, device, out):
+        if spec["tool"] == "evalplus":
+            raise harness.HarnessUnavailable("evalplus is not installed: pip install -e '.[evalplus]'")
+        return {"lm_eval.minerva_math500.math_verify": 0.5}
+
+    monkeypatch.setattr(cli, "run_harness", fake)
+    monkeypatch.setattr(cli, "resolve_model_path", lambda d: str(d))
+    log = logging.getLogger("test")
+    with caplog.at_level(logging.WARNING):
+        metrics = cli.run_harnesses([{"tool": "lm_eval", "tasks": ["minerva_math500"]}, {"tool": "evalplus", "dataset": "mbpp"}],
+                                    str(tmp_path), None, None, "cpu", tmp_path, log)
+    assert metrics == {"lm_eval.minerva_math500.math_verify": 0.5}
+    assert "pip install -e '.[evalplus]'" in caplog.text

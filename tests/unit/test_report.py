@@ -70,7 +70,7 @@ def test_rows_are_ordered_base_aligned_finetuned(metrics_files):
                              "finetuned/grpo/sft-affirmative/seed0", "finetuned/grpo/sft-affirmative/seed1"]
     assert [s.split("/")[1] for s in finetuned[::4]] == ["grpo", "frpo-l2", "frpo-l0.5"]
     assert math.isinf(df.loc[1, "lambda"]) and math.isnan(df.loc[0, "lambda"])
-    assert "extra_metric" not in df.columns
+    assert list(df.columns)[-1] == "extra_metric"  # a study's own metrics follow the standard columns
 
 
 def test_finetuned_rows_are_compared_with_their_aligned_model(metrics_files):
@@ -97,9 +97,14 @@ def test_write_summary(metrics_files, tmp_path):
 def test_missing_key_names_the_file_and_the_key(metrics_files):
     bad = metrics_files[0]
     record = json.loads(bad.read_text())
-    del record["metrics"]["task_accuracy"]
+    del record["metrics"]["task_accuracy"]  # a study that does not compute it: NaN
+    record["metrics"]["strongreject_score"] = 0.25  # a study's own metric: a column of its own
     bad.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=rf"{bad}.*metrics\.task_accuracy"):
+    df = collect(metrics_files)
+    assert df["task_accuracy"].isna().sum() == 1 and df["strongreject_score"].notna().sum() == 1
+    record["metrics"]["over_refusal"] = "high"
+    bad.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{bad}.*metrics\.over_refusal is 'high'"):
         collect(metrics_files)
     del record["regime"]
     bad.write_text(json.dumps(record))

@@ -26,5 +26,5 @@ rule align:
         accelerate=accelerate_args(),
         checkpoints=side("checkpoints", paths.ALIGNED),
     shell:
-        "OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
+        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
         f" --model {{input.model}} --data {{input.data}} --checkpoints {{params.checkpoints}} --out {{output}} > {{log}} 2>&1 # code {code('cli.align')}"

@@ -24,5 +24,5 @@ rule base_model:
         job=lambda wc: job_json("base_model", wc),
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
     shell:
-        "OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
+        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
         f" {{params.data}} --out {{output}} > {{log}} 2>&1 # code {code('cli.base_model')}"

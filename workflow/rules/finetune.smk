@@ -28,6 +28,6 @@ rule finetune:
         checkpoints=side("checkpoints", paths.FINETUNED),
         curve_sets=named_dirs("--eval-data", curve_set_dirs()),
     shell:
-        "OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
+        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
         " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
         f" --out {{output}} > {{log}} 2>&1 # code {code('cli.finetune')}"

@@ -257,6 +257,10 @@ def check_config(config: dict) -> None:
         check_lora(settings.get("lora"), where)
     for metric, spec in config.get("evaluate", {}).get("metrics", {}).items():
         check_judges([spec["judge"]], f"evaluate.metrics.{metric}")
+    from .harness import check_spec as check_harness
+
+    for i, spec in enumerate(config.get("evaluate", {}).get("harness", []), start=1):
+        check_harness(spec, f"evaluate.harness[{i}]")
     for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
         where = f"finetune.regimes.{regime}"
         kind, _, settings = regime_settings(config, regime, 0)

@@ -166,9 +166,11 @@ def _code() -> dict:
 
 
 def _host() -> dict:
+    from .devices import describe
+
     return {"hostname": socket.gethostname(), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "devices": describe()}
 
 
 def _iso(t: float) -> str:

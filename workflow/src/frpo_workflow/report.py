@@ -76,11 +76,11 @@ def _row(path) -> dict:
            "stage": stage, "model": record["model"], "method": record["method"],
            "lambda": method_lambda(record["method"], record["lambda"]),
            "regime": record["regime"], "seed": record["seed"], "_file": str(path)}
-    for key in METRICS:
-        # The base model has no reference: its KL may be null or absent.
-        no_reference = key == "kl_to_reference" and stage == "base"
-        value = metrics.get(key) if no_reference else require(metrics, key, path, where="metrics.")
-        if value is None and key == "kl_to_reference":
+    # A study names its own metrics (evaluate.metrics): one it does not compute is NaN here (the base
+    # model has no KL reference), and the ones beyond METRICS (a judge's score, a harness's) come along.
+    for key in [*METRICS, *sorted(k for k in metrics if k not in METRICS and not k.startswith("n_"))]:
+        value = metrics.get(key)
+        if value is None:
             value = math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: metrics.{key} is {value!r}, expected a number")
@@ -98,7 +98,8 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(metrics_paths) -> pd.DataFrame:
-    """One row per model state (columns `COLUMNS`), with fine-tuned rows compared to their aligned model.
+    """One row per model state (columns `COLUMNS`, then any further metrics), with fine-tuned rows compared
+    to their aligned model.
 
     `safety_retained` = fine-tuned refusal / aligned refusal (NaN where the aligned model never refused).
     """
@@ -121,7 +122,8 @@ def collect(metrics_paths) -> pd.DataFrame:
         df.loc[finetuned, column] = df.loc[finetuned, metric] - aligned_value(metric)
     aligned_refusal = aligned_value("harmful_refusal_rate")
     df.loc[finetuned, "safety_retained"] = df.loc[finetuned, "harmful_refusal_rate"] / aligned_refusal.where(aligned_refusal > 0)
-    df = df.reindex(columns=[*COLUMNS, "_file"])
+    extras = [c for c in df.columns if c not in COLUMNS and c != "_file"]
+    df = df.reindex(columns=[*COLUMNS, *extras, "_file"])
     df["seed"] = df["seed"].astype("Int64")
     return _sorted(df).drop(columns="_file")
 
@@ -169,8 +171,11 @@ def write_summary(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, P
                 "## Every model state", "",
                 "KL is to the model's reference: the base model for aligned states, the aligned model for "
                 "fine-tuned ones. Deltas and safety retained (refusal / aligned refusal) compare a fine-tuned "
-                "state with its aligned model.", "", _markdown(states), "",
-                "## Fine-tuned states over seeds (mean ± std)", ""]
+                "state with its aligned model.", "", _markdown(states), ""]
+    extras = [c for c in df.columns if c not in COLUMNS]
+    if extras:
+        sections += ["## Further metrics", "", _markdown(df[["state", "model", *extras]]), ""]
+    sections += ["## Fine-tuned states over seeds (mean ± std)", ""]
     agg = aggregate_finetuned(df)
     if agg.empty:
         sections.append("No fine-tuned states.")

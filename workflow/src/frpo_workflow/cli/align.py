@@ -9,6 +9,7 @@
 import json
 
 from ..data.loaders import read_dataset
+from ..devices import check_devices
 from ..tracking import MlflowMetricsCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation
 from .common import is_main_process, log_source, parser, setup_logging, tracked_job
@@ -21,6 +22,7 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoints", required=True)
     args = p.parse_args(argv)
     log = setup_logging()
+    check_devices()  # fail before any work when the job's GPUs are not there
     with tracked_job(args, inputs={"model": args.model, "data": args.data}) as (run, spec, out, extra):
         cfg = policy_config(spec["settings"], where="align settings")
         records = read_dataset(args.data)

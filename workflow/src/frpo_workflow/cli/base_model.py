@@ -9,6 +9,7 @@ import os
 from ..base_model import (TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer, snapshot,
                           write_model_ref)
 from ..data.loaders import read_dataset
+from ..devices import check_devices
 from ..provenance import path_sha256
 from .common import parser, setup_logging, tracked_job
 
@@ -18,6 +19,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None, help="the pre-training corpus's dataset folder (source tiny)")
     args = p.parse_args(argv)
     log = setup_logging()
+    check_devices()  # fail before any work when the job's GPUs are not there
     with tracked_job(args, inputs={"data": args.data} if args.data else {}) as (run, spec, out, extra):
         model = spec["model"]
         if model["source"] == "tiny":

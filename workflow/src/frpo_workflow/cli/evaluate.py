@@ -6,29 +6,45 @@
         --out results/eval/aligned/tiny/grpo
 """
 
-from ..base_model import load_model_and_tokenizer
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..base_model import load_model_and_tokenizer, resolve_model_path
 from ..data.loaders import read_dataset
+from ..devices import check_devices
 from ..evaluate import evaluate_model, write_generations, write_metrics
+from ..generation import generate_vllm
+from ..harness import HarnessUnavailable, run_harness
 from ..prompts import truncate_prompts
 from .common import log_source, named_paths, parser, setup_logging, tracked_job
 
 
-def vllm_answers(model_dir: str, model, tokenizer, sets: dict, spec: dict) -> dict:
-    """Greedy answers from vLLM; an adapter is merged into a temporary full-weight folder first."""
-    import os
-    import tempfile
-
-    from ..base_model import resolve_model_path
-    from ..generation import generate_vllm
-
-    prompts = {name: [r["prompt"] for r in records] for name, records in sets.items() if records}
+@contextmanager
+def full_weights(model_dir: str, model, tokenizer):
+    """A folder with the model's full weights, for tools that load it themselves (vLLM, lm-eval, EvalPlus):
+    the model's own folder, or a temporary one holding a LoRA adapter merged into its base."""
     weights = resolve_model_path(model_dir)
     if not os.path.exists(os.path.join(weights, "adapter_config.json")):
-        return generate_vllm(weights, tokenizer, prompts, spec["max_new_tokens"], spec.get("vllm"))
+        yield weights
+        return
     with tempfile.TemporaryDirectory() as merged:
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
-        return generate_vllm(merged, tokenizer, prompts, spec["max_new_tokens"], spec.get("vllm"))
+        yield merged
+
+
+def run_harnesses(specs: list, model_dir: str, model, tokenizer, device: str, out: Path, log) -> dict:
+    """Every configured harness (lm-eval, EvalPlus) on the model; one not installed is skipped, said once."""
+    metrics: dict = {}
+    for spec in specs:
+        try:
+            with full_weights(model_dir, model, tokenizer) as weights:
+                metrics.update(run_harness(spec, weights, device, out / "harness" / spec["tool"]))
+        except HarnessUnavailable as skipped:
+            log.warning("skipped evaluate.harness %s: %s", spec, skipped)
+    return metrics
 
 
 def main(argv=None) -> None:
@@ -42,8 +58,11 @@ def main(argv=None) -> None:
     inputs = {"model": args.model, **{f"eval_{k}": v for k, v in eval_dirs.items()},
               **({"reference": args.reference} if args.reference else {})}
     with tracked_job(args, inputs=inputs) as (run, spec, out, extra):
-        model, tokenizer = load_model_and_tokenizer(args.model)
-        ref = load_model_and_tokenizer(args.reference)[0] if args.reference else None
+        device = check_devices()
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"  # float32: bf16 is slow on CPUs
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
+        model.to(device)
+        ref = load_model_and_tokenizer(args.reference, dtype=dtype)[0].to(device) if args.reference else None
         sets, truncated = {}, 0
         for name, directory in eval_dirs.items():
             sets[name], cut = truncate_prompts(read_dataset(directory), tokenizer, spec.get("max_prompt_length"))
@@ -53,13 +72,16 @@ def main(argv=None) -> None:
             log.warning("cut %d prompts to max_prompt_length=%d tokens", truncated, spec["max_prompt_length"])
         answers = None
         if spec.get("backend") == "vllm":
-            answers = vllm_answers(args.model, model, tokenizer, sets, spec)
+            prompts = {name: [r["prompt"] for r in records] for name, records in sets.items() if records}
+            with full_weights(args.model, model, tokenizer) as weights:
+                answers = generate_vllm(weights, tokenizer, prompts, spec["max_new_tokens"], spec.get("vllm"))
         metrics, generations = evaluate_model(
             model, tokenizer, sets, ref_model=ref, max_new_tokens=spec["max_new_tokens"],
             batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True,
             metrics=spec["metrics"], answers=answers)
         write_generations(out / "generations.jsonl", generations)
         metrics["prompts_truncated"] = truncated
+        metrics.update(run_harnesses(spec.get("harness", []), args.model, model, tokenizer, device, out, log))
         write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics})
         run.log_metrics(metrics)
         run.log_artifact(str(out / "metrics.json"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..base_model import load_model_and_tokenizer
 from ..data.loaders import read_dataset
+from ..devices import check_devices
 from ..evaluate import CurveCallback
 from ..prompts import truncate_prompts
 from ..tracking import MlflowMetricsCallback
@@ -49,7 +50,11 @@ def main(argv=None) -> None:
         records = read_dataset(args.data)
         log_source(run, args.data, spec["dataset"], "training")
         curves = spec["curves"]
-        reference, tokenizer = load_model_and_tokenizer(args.model)
+        device = check_devices()
+        # The KL reference sits on this rank's device, next to the model the curves evaluate.
+        reference, tokenizer = load_model_and_tokenizer(
+            args.model, dtype="bfloat16" if device.startswith("cuda") else "float32")
+        reference.to(device)
         curve_path = Path(args.checkpoints) / "curves.json"
         curve_cb = CurveCallback(tokenizer, curve_sets(spec, eval_dirs, tokenizer), curve_path, curves["every"],
                                  ref_model=reference, max_new_tokens=curves["max_new_tokens"],
