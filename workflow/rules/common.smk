@@ -109,12 +109,13 @@ def accelerate_args(family="train"):
 
 
 def code(module):
-    """A shell comment naming the hash of the library code a rule's CLI runs (provenance.module_sha256).
+    """The hash of the library code a rule's CLI runs (provenance.module_sha256), for a `# code` comment
+    at the end of its shell text.
 
     Snakemake's `code` rerun trigger compares a rule's shell text, so a change to that code reruns the
     rule's jobs; `--rerun-triggers mtime params input software-env` opts out.
     """
-    return f" # code {provenance.module_sha256(module)[:16]}"
+    return provenance.module_sha256(module)[:16]
 
 
 def res(family, key):

@@ -30,4 +30,4 @@ rule finetune:
     shell:
         "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
         " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
-        f" --out {{output}} > {{log}} 2>&1 # code {code('cli.finetune')}"
+        f" --out {{output}} > {{log}} 2>&1 || {{{{ grep -h 'JOB FAILED:' {{log}} | tail -1 >> {{log}}; exit 1; }}}} # code {code('cli.finetune')}"

@@ -10,7 +10,7 @@ import json
 
 from ..data.loaders import read_dataset
 from ..devices import check_devices
-from ..tracking import MlflowMetricsCallback
+from ..tracking import MlflowMetricsCallback, ProgressCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation
 from .common import is_main_process, log_source, parser, setup_logging, tracked_job
 
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
         records = read_dataset(args.data)
         log_source(run, args.data, spec["dataset"], "training")
         summary = run_policy_optimisation(args.model, records, cfg, out, args.checkpoints,
-                                          callbacks=[MlflowMetricsCallback(run)])
+                                          callbacks=[MlflowMetricsCallback(run), ProgressCallback()])
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
         run.log_metrics({"prompts_truncated": summary["prompts_truncated"]})

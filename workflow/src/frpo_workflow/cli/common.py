@@ -64,6 +64,10 @@ def run_name(out_dir: str | os.PathLike, results_dir: str | os.PathLike) -> str:
     return out.relative_to(results).as_posix() if out.is_relative_to(results) else Path(out_dir).as_posix()
 
 
+# Starts the line that says why a job failed; the training rules append it to the end of their log.
+FAILED_MARK = "JOB FAILED:"
+
+
 @contextmanager
 def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: bool = True):
     """Run the job body inside an MLflow run; on success write provenance.json into --out (and log it
@@ -96,7 +100,13 @@ def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: b
         parent_run_id=upstream[0] if upstream and nest else None, upstream_run_ids=upstream, rule=rule,
         wildcards=wildcards, config_hash=config_hash(spec), output=out_dir, enabled=is_main_process(),
     ) as run:
-        yield run, spec, out_dir, extra
+        try:
+            yield run, spec, out_dir, extra
+        except Exception as err:
+            # One line that states the cause: a launcher's wrapper error can come after the traceback,
+            # and the rules copy this line to the end of the log (FAILED_MARK).
+            logging.getLogger("frpo_workflow").error("%s %s: %s", FAILED_MARK, type(err).__name__, err)
+            raise
         if is_main_process():
             write_provenance(out_dir, inputs=inputs, config_slice=spec, mlflow_run_id=run.run_id,
                              started=started, ended=time.time(), extra=extra)

@@ -20,7 +20,7 @@ from ..data.loaders import read_dataset
 from ..devices import check_devices
 from ..evaluate import CurveCallback
 from ..prompts import truncate_prompts
-from ..tracking import MlflowMetricsCallback
+from ..tracking import MlflowMetricsCallback, ProgressCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation, run_sft, sft_config
 from .common import is_main_process, log_source, named_paths, parser, setup_logging, tracked_job
 
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
         curve_cb = CurveCallback(tokenizer, curve_sets(spec, eval_dirs, tokenizer), curve_path, curves["every"],
                                  ref_model=reference, max_new_tokens=curves["max_new_tokens"],
                                  kl_samples=curves["n_prompts"], seed=0, metrics=spec["metrics"])
-        callbacks = [curve_cb, MlflowMetricsCallback(run)]
+        callbacks = [curve_cb, MlflowMetricsCallback(run), ProgressCallback()]
         if spec["type"] == "sft":
             cfg = sft_config(spec["settings"], where=f"finetune regime {spec['state']['regime']}")
             summary = run_sft(args.model, records, cfg, out, args.checkpoints, callbacks=callbacks)
