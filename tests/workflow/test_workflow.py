@@ -306,3 +306,47 @@ def test_moved_checkout_reruns_nothing_and_library_changes_rerun_their_jobs(stud
     changed = counts()
     assert changed["align"] == 2 and changed["finetune"] == 4 and "base_model" not in changed and "dataset" not in changed
     assert counts("--rerun-triggers", "mtime", "params", "input", "software-env") == {}  # the documented opt-out
+
+
+def copy_upstream(study, workdir):
+    """A new working folder holding the finished study's data and base model (and its MLflow store)."""
+    shutil.copytree(study / "results", workdir / "results", symlinks=True,
+                    ignore=shutil.ignore_patterns("aligned", "finetuned", "eval", "report", "checkpoints", "logs"))
+
+
+@pytest.mark.slow
+def test_fine_tuned_weights_go_once_evaluated_when_not_kept(study, tmp_path):
+    config = yaml.safe_load(E2E.read_text())
+    config["finetune"]["keep_weights"] = False
+    path = tmp_path / "lean.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workdir = tmp_path / "lean"
+    copy_upstream(study, workdir)
+    target = "results/eval/finetuned/tiny/grpo/sft-affirmative/seed0"
+    snakemake(f"{target}/metrics.json", "--cores", "2", "--configfile", str(path), cwd=workdir)
+    assert not (workdir / "results/finetuned/tiny/grpo/sft-affirmative/seed0").exists()
+    assert json.loads((workdir / target / "curves.json").read_text())["points"][0]["step"] == 0
+    assert (workdir / "results/aligned/tiny/grpo/provenance.json").exists()  # the aligned model stays
+    assert dry_run(workdir, path, f"{target}/metrics.json") == {}  # gone weights rerun nothing
+
+
+@pytest.mark.slow
+def test_align_runs_on_two_processes_through_the_workflow(study, tmp_path):
+    """launch: cpu_ddp with 2 processes: two ranks train FRPO (whole groups per rank), rank 0 tracks."""
+    config = yaml.safe_load(E2E.read_text())
+    config["launch"] = {"accelerate_config": "cpu_ddp", "num_processes": 2}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workdir = tmp_path / "ddp"
+    copy_upstream(study, workdir)
+    target = "results/aligned/tiny/frpo-l1"
+    snakemake(target, "--cores", "2", "--configfile", str(path), cwd=workdir)
+    prov = json.loads((workdir / target / "provenance.json").read_text())
+    assert prov["extra"]["train"]["processes"] == 2 and prov["extra"]["train"]["global_step"] == 3
+    assert prov["config"]["settings"]["method"] == "frpo"
+    single = yaml.safe_load(E2E.read_text())
+    single["launch"] = {"accelerate_config": "cpu", "num_processes": 2}
+    bad = tmp_path / "single.yaml"
+    bad.write_text(yaml.safe_dump(single))
+    proc = snakemake("-n", "--configfile", str(bad), cwd=workdir, check=False)
+    assert proc.returncode != 0 and "accelerate_config 'cpu' runs one process" in proc.stdout + proc.stderr

@@ -135,9 +135,17 @@ def all_metrics():
     return base + aligned + tuned
 
 
-def all_finetunes():
-    """Every fine-tuned state's folder (each holds curves.json)."""
-    return expand(out(paths.FINETUNED), model=MODELS, method=METHODS, regime=REGIMES, seed=SEEDS)
+def all_curves():
+    """Every fine-tune's curves, as its evaluation keeps them (the weights may be gone: keep_weights)."""
+    return expand(out(paths.evaluation(paths.FINETUNED), "curves.json"), model=MODELS, method=METHODS,
+                  regime=REGIMES, seed=SEEDS)
+
+
+def finetuned_output():
+    """The fine-tuned model folder; temp() unless finetune.keep_weights: a 7B full fine-tune is ~15 GB and
+    a paper preset makes dozens, each needed only until its evaluation has run."""
+    folder = directory(out(paths.FINETUNED))
+    return folder if config["finetune"]["keep_weights"] else temp(folder)
 
 
 # ---- per-job settings (params): each job's slice of the config, nothing more ----------------

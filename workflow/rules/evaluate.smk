@@ -61,6 +61,7 @@ use rule evaluate_base as evaluate_finetuned with:
     output:
         metrics=out(paths.evaluation(paths.FINETUNED), "metrics.json"),
         generations=out(paths.evaluation(paths.FINETUNED), "generations.jsonl"),
+        curves=out(paths.evaluation(paths.FINETUNED), "curves.json"),  # kept when the weights are not
     log:
         side("logs", paths.evaluation(paths.FINETUNED), ".log"),
     benchmark:

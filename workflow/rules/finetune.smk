@@ -7,7 +7,7 @@ rule finetune:
         data=regime_dataset_dir,
         curve_sets=list(curve_set_dirs().values()),
     output:
-        directory(out(paths.FINETUNED)),
+        finetuned_output(),
     log:
         side("logs", paths.FINETUNED, ".log"),
     benchmark:

@@ -4,7 +4,7 @@
 rule report:
     input:
         metrics=all_metrics(),
-        finetuned=all_finetunes(),
+        curves=all_curves(),
     output:
         md=report(out(paths.REPORT, "summary.md"), caption="../report/summary.rst", category="Summary"),
         csv=out(paths.REPORT, "summary.csv"),
@@ -27,6 +27,7 @@ rule report:
     params:
         job=lambda wc: job_json("report", wc),
         out=lambda wc, output: os.path.dirname(output.md),
+        finetuned=lambda wc, input: [os.path.dirname(path) for path in input.curves],
     shell:
         "python -m frpo_workflow.cli.report --spec '{{}}' --job {params.job:q} --metrics {input.metrics}"
-        f" --finetuned {{input.finetuned}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"
+        f" --finetuned {{params.finetuned}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"

@@ -170,7 +170,7 @@ def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint
         trainer.save_model(str(final))  # the adapter only, for LoRA; full weights otherwise
         history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
         summary = {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
-                   "resumed_from": resume, "log_history": history}
+                   "resumed_from": resume, "processes": trainer.accelerator.num_processes, "log_history": history}
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(final))
             _atomic_json(summary_file, summary)  # written last: its presence marks `final/` complete

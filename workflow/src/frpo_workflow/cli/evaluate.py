@@ -7,6 +7,7 @@
 """
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,8 @@ def main(argv=None) -> None:
             batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True,
             metrics=spec["metrics"], answers=answers)
         write_generations(out / "generations.jsonl", generations)
+        if (Path(args.model) / "curves.json").is_file():  # a fine-tune's curves outlive its weights here
+            shutil.copyfile(Path(args.model) / "curves.json", out / "curves.json")
         metrics["prompts_truncated"] = truncated
         metrics.update(run_harnesses(spec.get("harness", []), args.model, model, tokenizer, device, out, log))
         write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics})
