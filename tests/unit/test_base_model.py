@@ -139,3 +139,38 @@ def test_hf_source_offline_pins_the_snapshot_commit(tmp_path, built):
     # Offline, a revision that is not in the cache is an error, never a silent fallback to another one.
     proc = run_base_model_cli(tmp_path / "other", {"source": "hf", "repo_id": "toy-org/tiny-chat", "revision": "v2"}, env)
     assert proc.returncode != 0 and "hub model toy-org/tiny-chat@v2 is not in the local cache" in proc.stderr
+
+
+def test_model_files_are_checked_without_loading_the_weights(tmp_path, built):
+    import torch
+
+    from frpo_workflow.base_model import check_model_files
+
+    loaded, _ = load_model_and_tokenizer(built[0])
+    expected = sum(p.numel() for p in loaded.parameters())
+    assert check_model_files(built[0])["parameters"] == expected == built[1]["parameters"]
+    as_bin = tmp_path / "bin"
+    shutil.copytree(built[0], as_bin)
+    for shard in as_bin.glob("*.safetensors"):
+        shard.unlink()
+    torch.save(loaded.state_dict(), as_bin / "pytorch_model.bin")
+    assert check_model_files(as_bin)["parameters"] == expected
+    (as_bin / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        check_model_files(as_bin)
+
+
+def test_judge_models_are_fetched_with_an_adapter_s_base(tmp_path, built):
+    commit, base_commit = "a" * 40, "b" * 40
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "toy-org/base"}))
+    hub_cache(tmp_path / "hub", "toy-org/judge", adapter, commit)
+    hub_cache(tmp_path / "hub", "toy-org/base", built[0], base_commit)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = tmp_path / "hub_models" / "toy-org--judge.json"
+    proc = subprocess.run([sys.executable, "-m", "frpo_workflow.cli.hub_model", "--repo", "toy-org/judge",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [(f["repo_id"], f["commit"]) for f in json.loads(out.read_text())] == [
+        ("toy-org/judge", commit), ("toy-org/base", base_commit)]

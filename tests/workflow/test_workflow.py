@@ -68,14 +68,15 @@ PRESET_FILES = {"data/safety/align_prompts.parquet": "safety_align.parquet",
 
 @pytest.mark.parametrize("preset, counts", [
     # 8 datasets; 1 model; grpo + 6 λ; 3 regimes x 1 seed (the authors' seed 42).
-    ("safety-qwen2.5-7b", {"dataset": 8, "tracking_experiment": 1, "base_model": 1, "align": 7,
-                           "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21, "evaluate_finetuned": 21,
-                           "report": 1, "all": 1, "total": 69}),
-    ("safety-mistral-7b", {"dataset": 8, "tracking_experiment": 1, "base_model": 1, "align": 7,
-                           "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21, "evaluate_finetuned": 21,
-                           "report": 1, "all": 1, "total": 69}),
+    # 3 judge models fetched on the submitting host: HarmBench, StrongREJECT, the reward model.
+    ("safety-qwen2.5-7b", {"dataset": 8, "hub_model": 3, "tracking_experiment": 1, "base_model_reference": 1,
+                           "align": 7, "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21,
+                           "evaluate_finetuned": 21, "report": 1, "all": 1, "total": 72}),
+    ("safety-mistral-7b", {"dataset": 8, "hub_model": 3, "tracking_experiment": 1, "base_model_reference": 1,
+                           "align": 7, "evaluate_base": 1, "evaluate_aligned": 7, "finetune": 21,
+                           "evaluate_finetuned": 21, "report": 1, "all": 1, "total": 72}),
     # 6 datasets; grpo + 7 λ; 1 regime.
-    ("math-qwen2.5-math-7b", {"dataset": 6, "tracking_experiment": 1, "base_model": 1, "align": 8,
+    ("math-qwen2.5-math-7b", {"dataset": 6, "tracking_experiment": 1, "base_model_reference": 1, "align": 8,
                               "evaluate_base": 1, "evaluate_aligned": 8, "finetune": 8, "evaluate_finetuned": 8,
                               "report": 1, "all": 1, "total": 43}),
 ])

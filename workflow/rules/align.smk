@@ -4,6 +4,7 @@
 rule align:
     input:
         model=rules.base_model.output[0],
+        judges=align_hub_models,
         data=dataset_dir(config["align"]["dataset"]),
     output:
         directory(out(paths.ALIGNED)),
@@ -26,5 +27,5 @@ rule align:
         accelerate=accelerate_args(),
         checkpoints=side("checkpoints", paths.ALIGNED),
     shell:
-        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
+        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
         f" --model {{input.model}} --data {{input.data}} --checkpoints {{params.checkpoints}} --out {{output}} > {{log}} 2>&1 || {{{{ grep -h 'JOB FAILED:' {{log}} | tail -1 >> {{log}}; exit 1; }}}} # code {code('cli.align')}"

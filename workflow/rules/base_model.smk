@@ -1,7 +1,10 @@
-# Stage "base_model": the built-in tiny model (trained here), or a local/hub model recorded by reference.
+# Stage "base_model": the built-in tiny model (trained here), or a local/hub model recorded by reference on
+# the submitting host (hub downloads need its network), and the hub models that judges load.
 
 
 rule base_model:
+    wildcard_constraints:
+        model=alternation(TINY_MODELS),
     input:
         unpack(base_model_inputs),
     output:
@@ -26,3 +29,25 @@ rule base_model:
     shell:
         "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
         f" {{params.data}} --out {{output}} > {{log}} 2>&1 # code {code('cli.base_model')}"
+
+
+use rule base_model as base_model_reference with:
+    wildcard_constraints:
+        model=alternation(REFERENCED_MODELS),
+    localrule: True
+
+
+rule hub_model:
+    output:
+        out("hub_models", "{repo}.json"),
+    log:
+        side("logs", "hub_models/{repo}", ".log"),
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    params:
+        repo=lambda wc: plan.hub_repo(wc.repo)[0],
+        revision=lambda wc: plan.hub_repo(wc.repo)[1] or "",
+    shell:
+        "python -m frpo_workflow.cli.hub_model --repo {params.repo} --revision '{params.revision}' --out {output}"
+        f" > {{log}} 2>&1 # code {code('cli.hub_model')}"

@@ -13,6 +13,8 @@ plan.check_config(config)
 RESULTS = config["results_dir"]
 DATASETS = plan.used_datasets(config)
 MODELS = list(config["models"])
+TINY_MODELS = [m for m, spec in config["models"].items() if spec["source"] == "tiny"]
+REFERENCED_MODELS = [m for m in MODELS if m not in TINY_MODELS]
 METHODS = plan.method_keys(config)
 REGIMES = list(config["finetune"]["regimes"])
 SEEDS = config["finetune"]["seeds"]
@@ -24,6 +26,11 @@ wildcard_constraints:
     method=r"grpo|frpo-l[0-9.e-]+",
     regime="[A-Za-z0-9_.-]+",
     seed=r"\d+",
+
+
+def alternation(names):
+    """A wildcard pattern matching exactly `names` (nothing, for none)."""
+    return "|".join(map(re.escape, names)) or "(?!x)x"
 
 
 def out(*parts):
@@ -149,6 +156,27 @@ def finetuned_output():
 
 
 # ---- per-job settings (params): each job's slice of the config, nothing more ----------------
+def hub_models(specs):
+    """The fetch markers of the hub models that judges in `specs` load (rule hub_model)."""
+    return [out("hub_models", f"{plan.hub_marker(repo)}.json") for repo in plan.hub_judge_models(specs)]
+
+
+def metric_judges():
+    return [m["judge"] for m in config["evaluate"]["metrics"].values()]
+
+
+def align_hub_models(wildcards):
+    return hub_models(plan.method_settings(config, wildcards.method).get("rewards"))
+
+
+def finetune_hub_models(wildcards):
+    return hub_models([*config["finetune"]["regimes"][wildcards.regime].get("rewards", []), *metric_judges()])
+
+
+def evaluate_hub_models(wildcards):
+    return hub_models(metric_judges())
+
+
 def base_model_inputs(wildcards):
     model = config["models"][wildcards.model]
     inputs = {"experiment": rules.tracking_experiment.output[0]}  # created once, before runs fan out

@@ -7,6 +7,7 @@ rule evaluate_base:
     input:
         model=rules.base_model.output[0],
         eval_sets=list(eval_set_dirs().values()),
+        judges=evaluate_hub_models,
     output:
         metrics=out(paths.evaluation(paths.BASE), "metrics.json"),
         generations=out(paths.evaluation(paths.BASE), "generations.jsonl"),
@@ -30,7 +31,7 @@ rule evaluate_base:
         out=lambda wc, output: os.path.dirname(output.metrics),
         eval_sets=named_dirs("--eval-data", eval_set_dirs()),
     shell:
-        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
+        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
         f" --model {{input.model}} {{params.reference}} {{params.eval_sets}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.evaluate')}"
 
 
@@ -39,6 +40,7 @@ use rule evaluate_base as evaluate_aligned with:
         model=rules.align.output[0],
         reference=rules.base_model.output[0],
         eval_sets=list(eval_set_dirs().values()),
+        judges=evaluate_hub_models,
     output:
         metrics=out(paths.evaluation(paths.ALIGNED), "metrics.json"),
         generations=out(paths.evaluation(paths.ALIGNED), "generations.jsonl"),
@@ -58,6 +60,7 @@ use rule evaluate_base as evaluate_finetuned with:
         model=rules.finetune.output[0],
         reference=rules.align.output[0],
         eval_sets=list(eval_set_dirs().values()),
+        judges=evaluate_hub_models,
     output:
         metrics=out(paths.evaluation(paths.FINETUNED), "metrics.json"),
         generations=out(paths.evaluation(paths.FINETUNED), "generations.jsonl"),

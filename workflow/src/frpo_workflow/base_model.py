@@ -209,6 +209,37 @@ def resolve_model_path(path: str | Path) -> str:
     return str(path)
 
 
+def check_model_files(path: str | Path) -> dict:
+    """Check a model folder without loading its weights: its config and tokenizer load, and its weight
+    files are there and readable. Parameters are counted from the safetensors headers (a 7B model loaded
+    in float32 on the CPU just to be checked would take ~28 GB); `.bin` weights from a meta-device model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    weights = Path(resolve_model_path(path))
+    config = AutoConfig.from_pretrained(weights)
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    ref = read_model_ref(path) or {}
+    if ref.get("pad_token") and tokenizer.pad_token is None:
+        tokenizer.pad_token = ref["pad_token"]
+    check_tokenizer(tokenizer, str(path))
+    shards = sorted(weights.glob("*.safetensors"))
+    if shards:
+        from safetensors import safe_open
+
+        parameters = 0
+        for shard in shards:
+            with safe_open(str(shard), framework="pt") as f:  # reads the header only
+                for name in f.keys():
+                    shape = f.get_slice(name).get_shape()
+                    parameters += int(torch.tensor(shape).prod()) if shape else 1
+    elif list(weights.glob("*.bin")):
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    else:
+        raise FileNotFoundError(f"no weights (*.safetensors or *.bin) in model folder {weights}")
+    return {"parameters": parameters, "architectures": config.architectures, "weights_files": len(shards)}
+
+
 def check_tokenizer(tokenizer, where: str) -> None:
     """Fail early on a tokenizer the trainers cannot batch with."""
     if tokenizer.pad_token is None:

@@ -171,6 +171,30 @@ def dataset_usage(config: dict, name: str) -> dict:
     return usage
 
 
+def hub_judge_models(specs) -> list[str]:
+    """`repo` or `repo@revision` of every judge spec naming a hub model (`model: org/name`), for the
+    local rule that fetches it before the jobs that load it offline. Local paths are skipped."""
+    import os
+
+    found = []
+    for spec in specs or []:
+        model = spec.get("model") if isinstance(spec, dict) else None
+        if model and model.count("/") == 1 and not model.startswith((".", "/", "~")) and not os.path.exists(model):
+            found.append(f"{model}@{spec['revision']}" if spec.get("revision") else model)
+    return sorted(set(found))
+
+
+def hub_marker(repo: str) -> str:
+    """A hub repo (`org/name[@revision]`) as one path component: `org--name[@revision]`."""
+    return repo.replace("/", "--", 1)
+
+
+def hub_repo(marker: str) -> tuple[str, str | None]:
+    """(repo id, revision or None) back from `hub_marker`'s form."""
+    name, _, revision = marker.partition("@")
+    return name.replace("--", "/", 1), revision or None
+
+
 def lora_keys() -> set[str]:
     """The fields of the installed peft's LoraConfig, read from its source without importing peft
     (importing it takes seconds, and this runs at every DAG build); tests compare it with the import."""

@@ -6,8 +6,7 @@
 
 import os
 
-from ..base_model import (TinyModelConfig, build_tiny_base_model, load_model_and_tokenizer, snapshot,
-                          write_model_ref)
+from ..base_model import TinyModelConfig, build_tiny_base_model, check_model_files, snapshot, write_model_ref
 from ..data.loaders import read_dataset
 from ..devices import check_devices
 from ..provenance import path_sha256
@@ -37,9 +36,9 @@ def main(argv=None) -> None:
             if model.get("pad_token"):
                 summary["pad_token"] = model["pad_token"]
             write_model_ref(out, summary)
-        # Load once here so a broken model or tokenizer fails this job, not every downstream one.
-        loaded, _ = load_model_and_tokenizer(out)
-        summary.setdefault("parameters", sum(p.numel() for p in loaded.parameters()))
+        # Checked here, without loading the weights, so a broken model or tokenizer fails this job and
+        # not every downstream one.
+        summary.update(check_model_files(out))
         extra["model"] = summary
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         log.info("base model: %s", summary)
