@@ -7,6 +7,7 @@ parameters, and Snakemake reruns nothing else.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Accelerate configs that launch one process whatever --num_processes says (measured: `cpu` with 2 ran one).
@@ -195,7 +196,8 @@ def hub_repo(marker: str) -> tuple[str, str | None]:
     return name.replace("--", "/", 1), revision or None
 
 
-def lora_keys() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def lora_keys() -> frozenset[str]:
     """The fields of the installed peft's LoraConfig, read from its source without importing peft
     (importing it takes seconds, and this runs at every DAG build); tests compare it with the import."""
     import ast
@@ -214,7 +216,7 @@ def lora_keys() -> set[str]:
             if isinstance(node, ast.ClassDef) and node.name in classes:
                 fields |= {item.target.id for item in node.body
                            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
-    return fields
+    return frozenset(fields)
 
 
 def apply_overlay(config: dict, overlay: dict) -> dict:
