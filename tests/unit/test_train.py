@@ -72,6 +72,16 @@ def test_killed_sft_resumes_from_its_last_checkpoint_then_cleans_up(tmp_path, ba
     assert last_checkpoint(ckpt) is None and not (ckpt / "final").exists() and _changed(_params(base), _params(out))
 
 
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, base, world):
+    run_sft(base, world["sft_affirmative"], sft_config(SFT), tmp_path / "straight", tmp_path / "ckpt1")
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(base, world["sft_affirmative"], sft_config(SFT), tmp_path / "killed", tmp_path / "ckpt2",
+                callbacks=[Kill(3)])
+    run_sft(base, world["sft_affirmative"], sft_config(SFT), tmp_path / "killed", tmp_path / "ckpt2")
+    straight, resumed = _params(tmp_path / "straight"), _params(tmp_path / "killed")
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-5) for k in straight)  # same data order, same RNG
+
+
 def test_a_checkpoint_cut_short_is_passed_over(tmp_path, base, world):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
