@@ -51,7 +51,8 @@ def read_table(source: dict, base_dir=None) -> Table:
     return Table(str(path), rows, {"path": str(path), "sha256": file_sha256(path)})
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def read_jsonl_rows(path: Path) -> list[Row]:
+    """The objects of a JSONL file with their line numbers (blank lines skipped; a bad line is named)."""
     rows = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -113,7 +114,7 @@ def _read_parquet(path: Path) -> list[Row]:
     return [Row(f"row {number}", data) for number, data in enumerate(table.to_pylist(), start=1)]
 
 
-_READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+_READERS = {"jsonl": read_jsonl_rows, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
 
 
 def _read_hf(source: dict, base_dir) -> Table:

@@ -214,20 +214,9 @@ def write_jsonl(records: list[dict], path) -> Path:
 
 def read_jsonl(path) -> list[dict]:
     """Records from a JSONL file (blank lines skipped); a bad line is reported with its number."""
-    path = Path(path)
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {number} is not a JSON object")
-            records.append(record)
-    return records
+    from .sources import read_jsonl_rows
+
+    return [row.data for row in read_jsonl_rows(Path(path))]
 
 
 def write_toy_world(world: dict[str, list[dict]], out_dir) -> dict[str, Path]:
