@@ -84,6 +84,8 @@ def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: b
     results_dir = job.get("results_dir", "results")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A rerun that fails must not leave the last run's provenance.json, the mark of a complete output.
+    (out_dir / FILENAME).unlink(missing_ok=True)
     upstream = list(dict.fromkeys(rid for p in inputs.values() if (rid := upstream_run_id(p)) is not None))
     wildcards = job.get("wildcards", {})
     rule = job.get("rule", Path(sys.argv[0]).stem)
