@@ -66,7 +66,7 @@ def dataset_inputs(wildcards):
     """What a dataset job reads: its local files (so editing one reruns it) and the toy world if needed."""
     spec = dataset_spec(wildcards.dataset)
     inputs = {"files": [str(p) for p in data.local_files(spec)]}
-    if '"type": "toy"' in as_json(spec):
+    if data.loaders.reads_toy_world(spec):
         inputs["toy_world"] = out(paths.TOY_WORLD)
     return inputs
 

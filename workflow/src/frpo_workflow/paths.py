@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-DATA = "data"
 TOY_WORLD = "data/toy_world"
 DATASET = "data/datasets/{dataset}"
 RECORDS = "records.jsonl"

@@ -70,6 +70,15 @@ def local_files(spec: dict, base_dir=None) -> list[Path]:
     return []
 
 
+def reads_toy_world(spec: dict) -> bool:
+    """Whether a (resolved) spec reads the toy world, itself or through a part."""
+    if spec["type"] == "heldout":
+        return reads_toy_world(spec["of"])
+    if spec["type"] == "mixture":
+        return any(reads_toy_world(part["dataset"]) for part in spec["parts"])
+    return spec["type"] == "toy"
+
+
 def load_records(spec: dict, base_dir=None, toy_dir=None, identities: list | None = None) -> list[dict]:
     """Records of a resolved spec. Relative paths resolve against `base_dir`, toy splits live in
     `toy_dir`; what identifies each file or hub split read is appended to `identities`."""
@@ -189,5 +198,5 @@ def to_dataset(records: list[dict], conversational: bool = True, name: str = "re
     return dataset
 
 
-__all__ = ["FIELDS", "KINDS", "SOURCE_KEYS", "check_spec", "load_records", "local_files", "messages",
+__all__ = ["FIELDS", "KINDS", "SOURCE_KEYS", "check_spec", "load_records", "local_files", "messages", "reads_toy_world",
            "read_dataset", "to_conversational", "to_dataset", "write_dataset"]

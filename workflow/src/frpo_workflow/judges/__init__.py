@@ -135,6 +135,22 @@ def dataset_column(kwargs: dict, name: str, judge: str, n: int) -> list:
     return values
 
 
+def score_answers(judge: str, completions: list, kwargs: dict, matches: Callable[[str, str], bool]) -> list:
+    """The shared body of answer-checking judges: on task rows 1.0 when `matches(completion text, answer)`,
+    else 0.0; None on other rows; a task row without an answer is an error naming the judge."""
+    kinds = dataset_column(kwargs, "kind", judge, len(completions))
+    answers = dataset_column(kwargs, "answer", judge, len(completions))
+    scores: list[float | None] = []
+    for c, kind, answer in zip(completions, kinds, answers):
+        if kind != "task":
+            scores.append(None)
+            continue
+        if answer is None:
+            raise ValueError(f"judge {judge!r}: a task row has no answer")
+        scores.append(float(matches(completion_text(c), str(answer))))
+    return scores
+
+
 # The families register themselves on import; they come last because they use the registry above.
 from . import math, models, rules  # noqa: E402
 from .math import boxed_answers, is_equiv, math_correct, math_format, normalize_answer  # noqa: E402
@@ -146,5 +162,5 @@ __all__ = [
     "clear_judge_cache", "completion_text", "contains_word", "dataset_column", "exact_match",
     "get_judge", "helpfulness", "is_equiv", "is_refusal", "last_number", "math", "math_correct",
     "math_format", "models", "normalize_answer", "prompt_text", "refusal", "register_judge",
-    "register_judge_factory", "rules", "safety", "spec_key",
+    "register_judge_factory", "rules", "safety", "score_answers", "spec_key",
 ]

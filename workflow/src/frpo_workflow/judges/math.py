@@ -25,7 +25,7 @@ import threading
 import time
 from fractions import Fraction
 
-from . import completion_text, dataset_column, register_judge
+from . import completion_text, dataset_column, register_judge, score_answers
 
 # Minerva's unit words (lm-evaluation-harness minerva_math `REMOVED_EXPRESSIONS`) and a few singulars
 # and time units, removed only at the end and after a number or a closing brace: "36 square units"
@@ -326,18 +326,11 @@ def _in_worker(x: str, y: str, timeout: float) -> bool:
 @register_judge("math_correct")
 def math_correct(prompts: list, completions: list, **kwargs) -> list[float | None]:
     """On task rows 1.0 when the last boxed answer equals the `answer` column, else 0.0; None elsewhere."""
-    kinds = dataset_column(kwargs, "kind", "math_correct", len(completions))
-    answers = dataset_column(kwargs, "answer", "math_correct", len(completions))
-    scores: list[float | None] = []
-    for c, kind, answer in zip(completions, kinds, answers):
-        if kind != "task":
-            scores.append(None)
-            continue
-        if answer is None:
-            raise ValueError("judge 'math_correct': a task row has no answer")
-        given = last_boxed(completion_text(c))
-        scores.append(float(given is not None and is_equiv(given, answer)))
-    return scores
+    def matches(text: str, answer: str) -> bool:
+        given = last_boxed(text)
+        return given is not None and is_equiv(given, answer)
+
+    return score_answers("math_correct", completions, kwargs, matches)
 
 
 @register_judge("math_format")
