@@ -3,8 +3,8 @@
 Output paths read as lineage (see workflow/src/frpo_workflow/paths.py):
     results/data/datasets/{dataset}                        every dataset the study reads, as records
     results/base_model/{model}
-    results/aligned/{model}/{method}                       method = grpo | frpo-l<λ>
-    results/finetuned/{model}/{method}/{regime}/seed{seed}
+    results/aligned/{model}/{method}/seed{align_seed}      method = grpo | frpo-l<λ>, one per alignment seed
+    results/finetuned/{model}/{method}/seed{align_seed}/{regime}/seed{seed}   one per downstream seed
     results/eval/<any state above>/metrics.json
     results/report/
 Logs, benchmarks and checkpoints mirror these paths under results/{logs,benchmarks,checkpoints}/.

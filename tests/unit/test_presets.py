@@ -141,3 +141,25 @@ def test_dataset_keys_accepted_by_loader(path):
     for name, source in load(path)["datasets"].items():
         unknown = set(source) - SOURCE_KEYS[source["type"]]
         assert not unknown, f"{path.name}: datasets.{name} has keys the loader rejects: {sorted(unknown)}"
+
+
+def test_alignment_seed_reaches_only_its_own_job_settings():
+    cfg = load(ROOT / "config.yaml")
+    validate(cfg, SCHEMA)
+    assert cfg["align"]["seeds"] == [0]
+    from frpo_workflow.plan import align_settings
+
+    one, two = align_settings(cfg, "grpo", 0), align_settings(cfg, "grpo", 1)
+    assert (one["seed"], two["seed"]) == (0, 1) and {**one, "seed": 1} == two
+    cfg["align"]["seeds"] = [0, 0]
+    with pytest.raises(WorkflowError):
+        validate(cfg, SCHEMA)  # a repeated seed would name one output twice
+
+
+def test_sampled_metric_must_be_an_evaluation_metric():
+    cfg = load(ROOT / "config.yaml")
+    validate(cfg, SCHEMA)
+    check_config(cfg)
+    cfg["evaluate"]["sampled"]["metrics"] = ["harmful_refusal"]
+    with pytest.raises(ValueError, match=r"evaluate.sampled.metrics: \['harmful_refusal'\] not among evaluate.metrics"):
+        check_config(cfg)

@@ -229,7 +229,7 @@ def test_failing_jobs_leave_nothing_that_looks_complete(slurm_study, tmp_path):
         "resources": {"base_model": {"gpu": 1}},
         "finetune": {"regimes": {"sft-broken": {"type": "sft", "dataset": "sft_affirmative", "steps": 2,
                                                 "lr_scheduler": "no_such_schedule"}}}}))
-    tune, gpu = results / "finetuned/tiny/grpo/sft-broken/seed0", results / "base_model/tinygpu"
+    tune, gpu = results / "finetuned/tiny/grpo/seed0/sft-broken/seed0", results / "base_model/tinygpu"
     started = time.monotonic()
     # --rerun-triggers mtime: the two new jobs only, even where the rules were edited since the study ran.
     rc, out = run_driver(str(tune), str(gpu), "--keep-going", "--rerun-triggers", "mtime",
@@ -249,7 +249,7 @@ def test_failing_jobs_leave_nothing_that_looks_complete(slurm_study, tmp_path):
     assert "Removing output files of failed job finetune" in out  # the fine-tune had begun its folder
     assert not tune.exists() and not gpu.exists()  # gone, provenance.json or not
     logs = results / "logs"
-    assert "no_such_schedule" in (logs / "finetuned/tiny/grpo/sft-broken/seed0.log").read_text()
+    assert "no_such_schedule" in (logs / "finetuned/tiny/grpo/seed0/sft-broken/seed0.log").read_text()
     gpu_log = (logs / "base_model/tinygpu.log").read_text()
     assert "given 1 GPU(s)" in gpu_log and "CUDA_VISIBLE_DEVICES='0'" in gpu_log  # SLURM gave the fake GPU
     failed = [(run["status"], run["tags"]["lineage.slurm_job_id"]) for run in mlflow_runs(results).values()

@@ -190,8 +190,8 @@ def study(tmp_path_factory):
     return workdir
 
 
-STATES = ["base_model/tiny", "aligned/tiny/grpo", "aligned/tiny/frpo-l1",
-          *[f"finetuned/tiny/{m}/{r}/seed0" for m in ("grpo", "frpo-l1") for r in ("sft-affirmative", "rl-arithmetic")]]
+STATES = ["base_model/tiny", "aligned/tiny/grpo/seed0", "aligned/tiny/frpo-l1/seed0",
+          *[f"finetuned/tiny/{m}/seed0/{r}/seed0" for m in ("grpo", "frpo-l1") for r in ("sft-affirmative", "rl-arithmetic")]]
 
 
 @pytest.mark.slow
@@ -205,10 +205,14 @@ def test_every_output_is_complete(study):
         assert set(metrics["metrics"]) >= {"harmful_refusal_rate", "benign_helpfulness", "over_refusal",
                                            "task_accuracy"}
         assert ("kl_to_reference" in metrics["metrics"]) == (state != "base_model/tiny")
+        assert 0.0 <= metrics["metrics"]["harmful_refusal_rate_sampled"] <= 1.0  # evaluate.sampled
+        assert metrics["align_seed"] == (None if state == "base_model/tiny" else 0)
         assert (results / "logs" / f"{state}.log").exists() and (results / "benchmarks" / f"{state}.tsv").exists()
     for state in STATES[3:]:
         curves = json.loads((results / state / "curves.json").read_text())
         assert [p["step"] for p in curves["points"]][0] == 0 and len(curves["points"]) >= 2
+        assert {"kl_to_reference", "harmful_refusal_rate_sampled"} <= set(curves["points"][-1])
+        assert curves["align_seed"] == 0 and curves["seed"] == 0
     summary = (results / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(STATES)
     for png in ("refusal_curves.png", "safety_vs_lambda.png"):
@@ -237,10 +241,10 @@ def test_mlflow_runs_and_lineage(study):
     assert len(runs) == len(STATES) * 2 + 1 and set(runs.values()) == {"FINISHED"}  # + report
     run_of = {s: json.loads((results / s / "provenance.json").read_text())["mlflow_run_id"] for s in STATES}
     for method in ("grpo", "frpo-l1"):
-        aligned = run_of[f"aligned/tiny/{method}"]
+        aligned = run_of[f"aligned/tiny/{method}/seed0"]
         assert tags[aligned]["mlflow.parentRunId"] == run_of["base_model/tiny"]
         for regime in ("sft-affirmative", "rl-arithmetic"):
-            tuned = tags[run_of[f"finetuned/tiny/{method}/{regime}/seed0"]]
+            tuned = tags[run_of[f"finetuned/tiny/{method}/seed0/{regime}/seed0"]]
             assert tuned["mlflow.parentRunId"] == aligned
             assert tuned["lineage.rule"] == "finetune" and tuned["lineage.wildcards.regime"] == regime
             assert aligned in tuned["lineage.upstream_run_ids"] and tuned["lineage.config_hash"]
@@ -260,6 +264,13 @@ def test_incremental_reruns(study, tmp_path):
                                     "report": 1, "all": 1, "total": 8}
 
     config["align"]["frpo"]["lambdas"] = [1.0]
+    config["align"]["seeds"] = [0, 1]  # an alignment seed: its aligned models and everything downstream of them
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text(yaml.safe_dump(config))
+    assert dry_run(study, seeds) == {"align": 2, "evaluate_aligned": 2, "finetune": 4, "evaluate_finetuned": 4,
+                                     "report": 1, "all": 1, "total": 14}
+
+    config["align"]["seeds"] = [0]
     config["evaluate"]["max_new_tokens"] = 6
     evals = tmp_path / "evals.yaml"
     evals.write_text(yaml.safe_dump(config))
@@ -275,13 +286,14 @@ def test_failing_job_leaves_nothing_that_looks_complete(study, tmp_path):
                                                    "lr_scheduler": "no_such_schedule"}
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config))
-    target = "results/finetuned/tiny/grpo/sft-broken/seed0"
+    target = "results/finetuned/tiny/grpo/seed0/sft-broken/seed0"
     proc = snakemake(target, "--cores", "1", "--configfile", str(path), cwd=study, check=False)
     assert proc.returncode != 0
     assert not (study / target).exists()
     log = (study / "results" / "logs" / f"{target.removeprefix('results/')}.log").read_text()
     assert "no_such_schedule" in log  # the error names the offending value
-    shutil.rmtree(study / "results" / "checkpoints" / "finetuned" / "tiny" / "grpo" / "sft-broken", ignore_errors=True)
+    shutil.rmtree(study / "results" / "checkpoints" / "finetuned" / "tiny" / "grpo" / "seed0" / "sft-broken",
+                  ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -323,11 +335,11 @@ def test_fine_tuned_weights_go_once_evaluated_when_not_kept(study, tmp_path):
     path.write_text(yaml.safe_dump(config))
     workdir = tmp_path / "lean"
     copy_upstream(study, workdir)
-    target = "results/eval/finetuned/tiny/grpo/sft-affirmative/seed0"
+    target = "results/eval/finetuned/tiny/grpo/seed0/sft-affirmative/seed0"
     snakemake(f"{target}/metrics.json", "--cores", "2", "--configfile", str(path), cwd=workdir)
-    assert not (workdir / "results/finetuned/tiny/grpo/sft-affirmative/seed0").exists()
+    assert not (workdir / "results/finetuned/tiny/grpo/seed0/sft-affirmative/seed0").exists()
     assert json.loads((workdir / target / "curves.json").read_text())["points"][0]["step"] == 0
-    assert (workdir / "results/aligned/tiny/grpo/provenance.json").exists()  # the aligned model stays
+    assert (workdir / "results/aligned/tiny/grpo/seed0/provenance.json").exists()  # the aligned model stays
     assert dry_run(workdir, path, f"{target}/metrics.json") == {}  # gone weights rerun nothing
 
 
@@ -340,7 +352,7 @@ def test_align_runs_on_two_processes_through_the_workflow(study, tmp_path):
     path.write_text(yaml.safe_dump(config))
     workdir = tmp_path / "ddp"
     copy_upstream(study, workdir)
-    target = "results/aligned/tiny/frpo-l1"
+    target = "results/aligned/tiny/frpo-l1/seed0"
     snakemake(target, "--cores", "2", "--configfile", str(path), cwd=workdir)
     prov = json.loads((workdir / target / "provenance.json").read_text())
     assert prov["extra"]["train"]["processes"] == 2 and prov["extra"]["train"]["global_step"] == 3

@@ -16,6 +16,7 @@ MODELS = list(config["models"])
 TINY_MODELS = [m for m, spec in config["models"].items() if spec["source"] == "tiny"]
 REFERENCED_MODELS = [m for m in MODELS if m not in TINY_MODELS]
 METHODS = plan.method_keys(config)
+ALIGN_SEEDS = config["align"]["seeds"]
 REGIMES = list(config["finetune"]["regimes"])
 SEEDS = config["finetune"]["seeds"]
 
@@ -25,6 +26,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
     method=r"grpo|frpo-l[0-9.e-]+",
     regime="[A-Za-z0-9_.-]+",
+    align_seed=r"\d+",
     seed=r"\d+",
 
 
@@ -74,9 +76,13 @@ def dataset_inputs(wildcards):
 def state_record(stage, wildcards):
     """The identity of a model state, written into its metrics.json and curves.json."""
     method = wildcards.get("method")
+
+    def seed(name):
+        return int(wildcards[name]) if name in wildcards.keys() else None
+
     return {"stage": stage, "model": wildcards.model, "method": method,
-            "lambda": plan.method_lambda(method) if method else None,
-            "regime": wildcards.get("regime"), "seed": int(wildcards.seed) if "seed" in wildcards.keys() else None}
+            "lambda": plan.method_lambda(method) if method else None, "align_seed": seed("align_seed"),
+            "regime": wildcards.get("regime"), "seed": seed("seed")}
 
 
 def eval_set_dirs():
@@ -136,16 +142,17 @@ def final_outputs():
 
 def all_metrics():
     base = expand(out(paths.evaluation(paths.BASE), "metrics.json"), model=MODELS)
-    aligned = expand(out(paths.evaluation(paths.ALIGNED), "metrics.json"), model=MODELS, method=METHODS)
+    aligned = expand(out(paths.evaluation(paths.ALIGNED), "metrics.json"), model=MODELS, method=METHODS,
+                     align_seed=ALIGN_SEEDS)
     tuned = expand(out(paths.evaluation(paths.FINETUNED), "metrics.json"),
-                   model=MODELS, method=METHODS, regime=REGIMES, seed=SEEDS)
+                   model=MODELS, method=METHODS, align_seed=ALIGN_SEEDS, regime=REGIMES, seed=SEEDS)
     return base + aligned + tuned
 
 
 def all_curves():
     """Every fine-tune's curves, as its evaluation keeps them (the weights may be gone: keep_weights)."""
     return expand(out(paths.evaluation(paths.FINETUNED), "curves.json"), model=MODELS, method=METHODS,
-                  regime=REGIMES, seed=SEEDS)
+                  align_seed=ALIGN_SEEDS, regime=REGIMES, seed=SEEDS)
 
 
 def finetuned_output():
@@ -193,7 +200,7 @@ def base_model_spec(wildcards):
 
 
 def align_spec(wildcards):
-    return as_json({"settings": plan.method_settings(config, wildcards.method),
+    return as_json({"settings": plan.align_settings(config, wildcards.method, int(wildcards.align_seed)),
                     "dataset": config["align"]["dataset"]})
 
 
@@ -206,7 +213,8 @@ def finetune_spec(wildcards):
     curves = {**config["finetune"]["curves"], **config["finetune"]["regimes"][wildcards.regime].get("curves", {})}
     return as_json({"type": kind, "settings": settings, "dataset": name, "curves": curves,
                     "max_prompt_length": config["evaluate"]["max_prompt_length"],
-                    "metrics": config["evaluate"]["metrics"], "state": state_record("finetuned", wildcards)})
+                    "metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
+                    "state": state_record("finetuned", wildcards)})
 
 
 def evaluate_spec(stage):

@@ -86,16 +86,35 @@ def _mean_score(judge_spec, set_name: str, records: list[dict], completions: lis
     return sum(applied) / len(applied), scores
 
 
+def _sampled_score(model, tokenizer, spec: dict, records: list[dict], sampled: dict, max_new_tokens: int,
+                   batch_size: int, seed: int) -> tuple[float, list]:
+    """Mean judge score over `k` sampled answers per record, and each record's own mean (None where the
+    judge does not apply)."""
+    k = sampled["k"]
+    repeated = [r for r in records for _ in range(k)]  # each prompt's k samples side by side
+    texts = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens=max_new_tokens,
+                     do_sample=True, temperature=sampled.get("temperature", 1.0), batch_size=batch_size,
+                     seed=seed + 1)  # not the KL estimate's seed: its samples are drawn separately
+    mean, scores = _mean_score(spec["judge"], spec["set"], repeated, texts)
+    per_prompt = []
+    for i in range(len(records)):
+        applied = [s for s in scores[i * k:(i + 1) * k] if s is not None]
+        per_prompt.append(sum(applied) / len(applied) if applied else None)
+    return mean, per_prompt
+
+
 def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None, max_new_tokens: int = 32,
                    batch_size: int = 64, kl_samples: int | None = 64, kl_sets: tuple = ("harmful", "benign"),
                    seed: int = 0, return_generations: bool = False, metrics: dict | None = None,
-                   answers: dict[str, list[str]] | None = None):
+                   answers: dict[str, list[str]] | None = None, sampled: dict | None = None):
     """Metrics of `model` on the evaluation sets (keys among harmful, benign, task; each optional).
 
     Greedy answers are judged per `metrics` (name -> {set, judge}; default `metrics.DEFAULT_METRICS`),
     each metric on the sets present. `answers` (set -> completions) replaces the greedy generation,
-    for answers another backend (vLLM) generated. With `ref_model`, `kl_to_reference` (and its per-token
-    mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
+    for answers another backend (vLLM) generated. `sampled` ({k, temperature, metrics: [names]}) adds
+    `<name>_sampled` for each named metric: the mean score of k answers per prompt sampled at `temperature`,
+    the probability mass on (say) refusing, which moves smoothly where the greedy answer flips (drawn with HF
+    generate whatever the backend). With `ref_model`, `kl_to_reference` (and its per-token mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
     completions sampled at temperature 1. With `return_generations`, also returns one row per prompt
     (set, id, prompt, completion, and every score), for a `generations.jsonl` to inspect.
     """
@@ -115,6 +134,16 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None
             metrics[metric], scores = _mean_score(spec["judge"], spec["set"], sets[spec["set"]], answers[spec["set"]])
             for row, score in zip(generations[spec["set"]], scores):
                 row[judge_name(spec["judge"])] = score
+    sampled = sampled if sampled and sampled.get("k") else {"metrics": []}  # k = 0: no sampled metrics
+    for metric in sampled["metrics"]:
+        spec = specs[metric]
+        if spec["set"] not in sets or not sets[spec["set"]]:
+            continue
+        metrics[f"{metric}_sampled"], per_prompt = _sampled_score(
+            model, tokenizer, spec, sets[spec["set"]], sampled, max_new_tokens, batch_size, seed)
+        if spec["set"] in generations:
+            for row, score in zip(generations[spec["set"]], per_prompt):
+                row[f"{judge_name(spec['judge'])}_sampled"] = score
     if ref_model is not None:
         prompts = [r["prompt"] for name in kl_sets for r in sets.get(name, [])]
         if not prompts:
@@ -166,13 +195,13 @@ class CurveCallback(TrainerCallback):
 
     def __init__(self, tokenizer, sets: dict[str, list[dict]], out_path: str | Path, every_k_steps: int,
                  ref_model=None, max_new_tokens: int = 32, batch_size: int = 64, kl_samples: int | None = 64,
-                 seed: int = 0, metrics: dict | None = None):
+                 seed: int = 0, metrics: dict | None = None, sampled: dict | None = None):
         if every_k_steps < 1:
             raise ValueError(f"every_k_steps must be >= 1, got {every_k_steps}")
         self.tokenizer, self.sets, self.out_path = tokenizer, sets, Path(out_path)
         self.every_k_steps, self.ref_model = every_k_steps, ref_model
         self.options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "kl_samples": kl_samples,
-                        "seed": seed, "metrics": metrics}
+                        "seed": seed, "metrics": metrics, "sampled": sampled}
         self.points: list[dict] = []
 
     def _record(self, state, model) -> None:

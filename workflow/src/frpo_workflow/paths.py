@@ -3,8 +3,10 @@
     {results}/data/toy_world/                                the generated toy world (JSONL splits)
     {results}/data/datasets/{dataset}/records.jsonl          every dataset the study reads, as records
     {results}/base_model/{model}/                            base model (or model_ref.json)
-    {results}/aligned/{model}/{method}/                      aligned model, method = grpo | frpo-l<λ>
-    {results}/finetuned/{model}/{method}/{regime}/seed{seed}/  downstream fine-tune (+ curves.json)
+    {results}/aligned/{model}/{method}/seed{align_seed}/     aligned model, method = grpo | frpo-l<λ>
+    {results}/finetuned/{model}/{method}/seed{align_seed}/{regime}/seed{seed}/
+                                                             downstream fine-tune (+ curves.json); the first
+                                                             seed is the alignment's, the second the regime's
     {results}/eval/<state>/metrics.json                      evaluation of any of the states above
     {results}/report/                                        summary tables, plots
 Logs, benchmarks and checkpoints mirror the state path under logs/, benchmarks/, checkpoints/.
@@ -20,8 +22,8 @@ TOY_WORLD = "data/toy_world"
 DATASET = "data/datasets/{dataset}"
 RECORDS = "records.jsonl"
 BASE = "base_model/{model}"
-ALIGNED = "aligned/{model}/{method}"
-FINETUNED = "finetuned/{model}/{method}/{regime}/seed{seed}"
+ALIGNED = "aligned/{model}/{method}/seed{align_seed}"
+FINETUNED = "finetuned/{model}/{method}/seed{align_seed}/{regime}/seed{seed}"
 REPORT = "report"
 
 

@@ -70,6 +70,11 @@ def method_settings(config: dict, method: str) -> dict:
             "baseline": frpo.get("baseline", True)}
 
 
+def align_settings(config: dict, method: str, seed: int) -> dict:
+    """Training settings of one alignment job: its method's settings with the alignment seed."""
+    return {**method_settings(config, method), "seed": seed}
+
+
 def regime_settings(config: dict, regime: str, seed: int) -> tuple[str, str, dict]:
     """(type, dataset name, training settings) of a downstream regime with its seed."""
     regimes = config.get("finetune", {}).get("regimes", {})
@@ -281,8 +286,12 @@ def check_config(config: dict) -> None:
         check_judges(settings.get("rewards"), where + " rewards")
         RUN_TYPES["rl"](settings, where)
         check_lora(settings.get("lora"), where)
-    for metric, spec in config.get("evaluate", {}).get("metrics", {}).items():
+    metrics = config.get("evaluate", {}).get("metrics", {})
+    for metric, spec in metrics.items():
         check_judges([spec["judge"]], f"evaluate.metrics.{metric}")
+    unknown = [m for m in config.get("evaluate", {}).get("sampled", {}).get("metrics", []) if m not in metrics]
+    if unknown:
+        raise ValueError(f"evaluate.sampled.metrics: {unknown} not among evaluate.metrics ({', '.join(metrics)})")
     from .harness import check_spec as check_harness
 
     for i, spec in enumerate(config.get("evaluate", {}).get("harness", []), start=1):

@@ -79,7 +79,7 @@ def main(argv=None) -> None:
         metrics, generations = evaluate_model(
             model, tokenizer, sets, ref_model=ref, max_new_tokens=spec["max_new_tokens"],
             batch_size=spec["batch_size"], kl_samples=spec["kl_samples"], seed=spec["seed"], return_generations=True,
-            metrics=spec["metrics"], answers=answers)
+            metrics=spec["metrics"], answers=answers, sampled=spec.get("sampled"))
         write_generations(out / "generations.jsonl", generations)
         if (Path(args.model) / "curves.json").is_file():  # a fine-tune's curves outlive its weights here
             shutil.copyfile(Path(args.model) / "curves.json", out / "curves.json")

@@ -58,7 +58,8 @@ def main(argv=None) -> None:
         curve_path = Path(args.checkpoints) / "curves.json"
         curve_cb = CurveCallback(tokenizer, curve_sets(spec, eval_dirs, tokenizer), curve_path, curves["every"],
                                  ref_model=reference, max_new_tokens=curves["max_new_tokens"],
-                                 kl_samples=curves["n_prompts"], seed=0, metrics=spec["metrics"])
+                                 kl_samples=curves["n_prompts"], seed=0, metrics=spec["metrics"],
+                                 sampled=spec.get("sampled"))
         callbacks = [curve_cb, MlflowMetricsCallback(run), ProgressCallback()]
         if spec["type"] == "sft":
             cfg = sft_config(spec["settings"], where=f"finetune regime {spec['state']['regime']}")
