@@ -114,8 +114,9 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None
     for answers another backend (vLLM) generated. `sampled` ({k, temperature, metrics: [names]}) adds
     `<name>_sampled` for each named metric: the mean score of k answers per prompt sampled at `temperature`,
     the probability mass on (say) refusing, which moves smoothly where the greedy answer flips (drawn with HF
-    generate whatever the backend). With `ref_model`, `kl_to_reference` (and its per-token mean) is estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with
-    completions sampled at temperature 1. With `return_generations`, also returns one row per prompt
+    generate whatever the backend). With `ref_model`, `kl_to_reference` (and its per-token mean) is
+    estimated on up to `kl_samples` prompts of `kl_sets` (a seeded subset; None: all), with completions
+    sampled at temperature 1. With `return_generations`, also returns one row per prompt
     (set, id, prompt, completion, and every score), for a `generations.jsonl` to inspect.
     """
     unknown = set(sets) - set(SETS)
