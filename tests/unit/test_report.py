@@ -1,23 +1,34 @@
-"""report and plots on synthetic metrics.json / curves.json files: row order, deltas, tables, figures, errors."""
+"""report, tables, plots and the report CLI on synthetic results trees: row order, deltas, intervals, the
+fixed-KL table, the alignment-cost table, figures, errors.
+
+The synthetic study: methods whose refusal falls with KL to the aligned model, the slower the smaller λ,
+over alignment seeds × downstream seeds × regimes, written as the evaluate stage writes them.
+"""
 
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from frpo_workflow.plots import plot_refusal_curves, plot_safety_vs_lambda
-from frpo_workflow.report import collect, write_summary
+from frpo_workflow.cli.report import main as report_main
+from frpo_workflow.plots import plot_refusal_curves, plot_safety_against, plot_safety_vs_lambda
+from frpo_workflow.report import KL, ReportSpec, collect, load_curves
+from frpo_workflow.tables import alignment_cost, safety_at_kl, write_alignment_cost, write_safety_at_kl, write_summary
 
-REGIMES = ("sft-affirmative", "rl-arith")
-# Aligned refusal per method; fine-tuning keeps more of it the smaller λ is (GRPO = λ ∞).
-ALIGNED = {"grpo": (None, 0.9), "frpo-l2": (2.0, 0.85), "frpo-l0.5": (0.5, 0.8)}
-KEEP = {"grpo": 0.3, "frpo-l2": 0.6, "frpo-l0.5": 0.9}
-
-
-def metrics(refusal, helpful=0.7, task=0.4, kl=0.1):
-    return {"harmful_refusal_rate": refusal, "benign_helpfulness": helpful, "over_refusal": 0.05,
-            "task_accuracy": task, "kl_to_reference": kl, "extra_metric": 1.0}
+METRICS = {"harmful_refusal_rate": {"set": "harmful", "judge": "refusal"},
+           "benign_helpfulness": {"set": "benign", "judge": "helpfulness"},
+           "over_refusal": {"set": "benign", "judge": "refusal"},
+           "task_accuracy": {"set": "task", "judge": "exact_match"}}
+SPEC_JSON = {"metrics": METRICS, "sampled": {"k": 4, "metrics": ["harmful_refusal_rate"]}, "kl_levels": [1, 2, 5]}
+SPEC = ReportSpec.from_json(SPEC_JSON)
+REGIMES = ("sft-affirmative", "rl-arithmetic")
+# method: (λ, nats of KL over which refusal falls by 1/e); GRPO = λ ∞ loses it fastest.
+METHODS = {"grpo": (None, 1.5), "frpo-l10": (10.0, 2.0), "frpo-l3": (3.0, 3.0), "frpo-l1": (1.0, 5.0),
+           "frpo-l0.3": (0.3, 9.0)}
+STEPS = range(0, 101, 10)
+BASE = {"harmful_refusal_rate": 0.2, "benign_helpfulness": 0.80, "over_refusal": 0.02, "task_accuracy": 0.50}
 
 
 def write(path, record):
@@ -26,115 +37,203 @@ def write(path, record):
     return path
 
 
-@pytest.fixture
-def metrics_files(tmp_path):
-    """Files in a deliberately scrambled order: fine-tuned first, base last."""
-    files = []
-    for method, (lam, refusal) in ALIGNED.items():
-        for regime in REGIMES:
-            for seed in (0, 1):
-                rec = {"stage": "finetuned", "model": "tiny", "method": method, "lambda": lam, "regime": regime,
-                       "seed": seed, "metrics": metrics(refusal * KEEP[method] + 0.01 * seed, task=0.6 + 0.1 * seed)}
-                files.append(write(tmp_path / f"eval/ft/{method}/{regime}/{seed}/metrics.json", rec))
-    for method in ("frpo-l0.5", "grpo", "frpo-l2"):
-        lam, refusal = ALIGNED[method]
-        rec = {"stage": "aligned", "model": "tiny", "method": method, "lambda": lam, "regime": None, "seed": None,
-               "metrics": metrics(refusal)}
-        files.append(write(tmp_path / f"eval/aligned/{method}/metrics.json", rec))
-    files.append(write(tmp_path / "eval/base/metrics.json",
-                       {"stage": "base", "model": "tiny", "method": None, "lambda": None, "regime": None,
-                        "seed": None, "metrics": metrics(0.2, kl=None)}))
-    return files
+def aligned_metrics(method, align_seed):
+    lam, scale = METHODS[method]
+    return {"harmful_refusal_rate": 0.95 - 0.01 * align_seed, "harmful_refusal_rate_sampled": 0.9 - 0.01 * align_seed,
+            "benign_helpfulness": 0.78 - 0.02 * (scale / 9) + 0.005 * align_seed, "over_refusal": 0.03,
+            "task_accuracy": 0.48 + 0.01 * align_seed, KL: 1.0, "kl_to_reference_per_token": 0.05}
+
+
+def curve(method, align_seed, regime, seed):
+    """KL grows with step at a run-specific rate; refusal decays in KL; the task score rises."""
+    _, scale = METHODS[method]
+    rate = 0.06 * (1 + 0.15 * align_seed + 0.3 * seed) * (1.5 if regime == "rl-arithmetic" else 1.0)
+    start = aligned_metrics(method, align_seed)
+    points = []
+    for step in STEPS:
+        kl = rate * step
+        points.append({"step": step, "harmful_refusal_rate": start["harmful_refusal_rate"] * math.exp(-kl / scale),
+                       "harmful_refusal_rate_sampled": start["harmful_refusal_rate_sampled"] * math.exp(-kl / scale),
+                       "benign_helpfulness": 0.78, "over_refusal": 0.03,
+                       "task_accuracy": start["task_accuracy"] + 0.4 * (1 - math.exp(-step / 40)),
+                       KL: kl, "kl_to_reference_per_token": kl / 20, "n_harmful": 32})
+    return points
+
+
+def state(stage, method=None, align_seed=None, regime=None, seed=None):
+    return {"stage": stage, "model": "tiny", "method": method,
+            "lambda": METHODS[method][0] if method else None, "align_seed": align_seed, "regime": regime, "seed": seed}
+
+
+def study_tree(root, align_seeds=(0, 1, 2), seeds=(0, 1)):
+    """metrics.json and curves.json files as the evaluate stage writes them (flat records), in a
+    deliberately scrambled order (fine-tuned first, base last)."""
+    metrics, curves = [], []
+    for method in METHODS:
+        for a in align_seeds:
+            for regime in REGIMES:
+                for s in seeds:
+                    points = curve(method, a, regime, s)
+                    folder = root / "eval/finetuned/tiny" / method / f"seed{a}" / regime / f"seed{s}"
+                    final = {k: v for k, v in points[-1].items() if k != "step"}
+                    metrics.append(write(folder / "metrics.json", {**state("finetuned", method, a, regime, s), **final}))
+                    curves.append(write(folder / "curves.json", {**state("finetuned", method, a, regime, s),
+                                                                 "points": points}))
+    for method in reversed(METHODS):
+        for a in align_seeds:
+            metrics.append(write(root / "eval/aligned/tiny" / method / f"seed{a}" / "metrics.json",
+                                 {**state("aligned", method, a), **aligned_metrics(method, a), "n_harmful": 32}))
+    metrics.append(write(root / "eval/base_model/tiny/metrics.json",
+                         {**state("base"), **BASE, "harmful_refusal_rate_sampled": 0.25, KL: None}))
+    return metrics, curves
 
 
 @pytest.fixture
-def curves_files(tmp_path):
-    files = []
-    for method, (lam, refusal) in ALIGNED.items():
-        for regime in REGIMES:
-            for seed in (0, 1):
-                points = [{"step": s, "harmful_refusal_rate": refusal * (1 - (1 - KEEP[method]) * s / 20) - 0.02 * seed,
-                           "benign_helpfulness": 0.7, "task_accuracy": 0.1 * s, "kl_to_reference": 0.01 * s}
-                          for s in range(0, 21, 5)]
-                rec = {"model": "tiny", "method": method, "lambda": lam, "regime": regime, "seed": seed,
-                       "points": points}
-                files.append(write(tmp_path / f"ft/{method}/{regime}/{seed}/curves.json", rec))
-    return files
+def study(tmp_path):
+    return study_tree(tmp_path)
 
 
-def test_rows_are_ordered_base_aligned_finetuned(metrics_files):
-    df = collect(metrics_files)
-    assert df["state"].tolist()[:4] == ["base", "aligned/grpo", "aligned/frpo-l2", "aligned/frpo-l0.5"]
-    finetuned = df["state"].tolist()[4:]
-    assert finetuned[:4] == ["finetuned/grpo/rl-arith/seed0", "finetuned/grpo/rl-arith/seed1",
-                             "finetuned/grpo/sft-affirmative/seed0", "finetuned/grpo/sft-affirmative/seed1"]
-    assert [s.split("/")[1] for s in finetuned[::4]] == ["grpo", "frpo-l2", "frpo-l0.5"]
+def test_spec_finds_the_safety_and_task_metrics():
+    assert SPEC.safety == "harmful_refusal_rate" and SPEC.task == "task_accuracy"
+    assert SPEC.safety_variants == ["harmful_refusal_rate", "harmful_refusal_rate_sampled"]
+    # Config order decides, not the alphabet: a study listing another harmful metric first reports on it.
+    first = {"strongreject_score": {"set": "harmful", "judge": "strongreject_score"}, **METRICS}
+    assert ReportSpec.from_json({**SPEC_JSON, "metrics": first}).safety == "strongreject_score"
+    off = ReportSpec.from_json({**SPEC_JSON, "sampled": {"k": 0, "metrics": ["harmful_refusal_rate"]}})
+    assert off.safety_variants == ["harmful_refusal_rate"]
+    with pytest.raises(ValueError, match="missing key 'kl_levels'"):
+        ReportSpec.from_json({"metrics": METRICS})
+    with pytest.raises(ValueError, match="no metric on set 'task'"):
+        ReportSpec.from_json({**SPEC_JSON, "metrics": {"harmful_refusal_rate": METRICS["harmful_refusal_rate"]}})
+
+
+def test_rows_are_ordered_base_aligned_finetuned(study):
+    df = collect(study[0], SPEC)
+    states = df["state"].tolist()
+    assert states[:4] == ["base", "aligned/grpo/seed0", "aligned/grpo/seed1", "aligned/grpo/seed2"]
+    finetuned = states[16:]
+    assert finetuned[:3] == ["finetuned/grpo/seed0/rl-arithmetic/seed0", "finetuned/grpo/seed0/rl-arithmetic/seed1",
+                             "finetuned/grpo/seed1/rl-arithmetic/seed0"]
+    assert [s.split("/")[1] for s in finetuned[::12]] == list(METHODS)  # GRPO, then decreasing λ
     assert math.isinf(df.loc[1, "lambda"]) and math.isnan(df.loc[0, "lambda"])
-    assert list(df.columns)[-1] == "extra_metric"  # a study's own metrics follow the standard columns
+    assert "n_harmful" not in df.columns
 
 
-def test_finetuned_rows_are_compared_with_their_aligned_model(metrics_files):
-    df = collect(metrics_files).set_index("state")
-    row = df.loc["finetuned/frpo-l0.5/sft-affirmative/seed1"]
-    assert row["delta_refusal_vs_aligned"] == pytest.approx(0.8 * 0.9 + 0.01 - 0.8)
-    assert row["delta_task_vs_aligned"] == pytest.approx(0.7 - 0.4)
-    assert row["delta_helpfulness_vs_aligned"] == pytest.approx(0.0)
-    assert row["safety_retained"] == pytest.approx((0.8 * 0.9 + 0.01) / 0.8)
-    assert df.loc[["base", "aligned/grpo"], "delta_refusal_vs_aligned"].isna().all()
-    assert math.isnan(df.loc["base", "kl_to_reference"])
+def test_finetuned_rows_are_compared_with_their_own_aligned_seed(study):
+    df = collect(study[0], SPEC).set_index("state")
+    row = df.loc["finetuned/frpo-l1/seed2/sft-affirmative/seed1"]
+    aligned = df.loc["aligned/frpo-l1/seed2"]
+    assert aligned["harmful_refusal_rate"] == pytest.approx(0.93)
+    assert row["delta_harmful_refusal_rate"] == pytest.approx(row["harmful_refusal_rate"] - 0.93)
+    assert row["safety_retained"] == pytest.approx(row["harmful_refusal_rate"] / 0.93)
+    assert row["delta_harmful_refusal_rate_sampled"] == pytest.approx(row["harmful_refusal_rate_sampled"] - 0.88)
+    assert df.loc[["base", "aligned/grpo/seed0"], "delta_harmful_refusal_rate"].isna().all()
+    assert math.isnan(df.loc["base", KL])
 
 
-def test_write_summary(metrics_files, tmp_path):
-    df = collect(metrics_files)
-    csv_path, md_path = write_summary(df, tmp_path / "report")
+def test_nested_records_without_align_seed_read_as_seed_0(tmp_path):
+    """metrics.json as the evaluate stage wrote it before align.seeds: values under `metrics`."""
+    old = write(tmp_path / "old/metrics.json", {"stage": "aligned", "model": "tiny", "method": "grpo", "lambda": None,
+                                                "regime": None, "seed": None, "metrics": {**BASE, KL: 0.5}})
+    df = collect([old], SPEC)
+    assert df.loc[0, "state"] == "aligned/grpo/seed0" and df.loc[0, KL] == 0.5
+    assert math.isnan(df.loc[0, "harmful_refusal_rate_sampled"])
+
+
+def test_summary_aggregates_runs_with_a_t_interval(study, tmp_path):
+    df = collect(study[0], SPEC)
+    csv_path, md_path = write_summary(df, SPEC, tmp_path / "report")
     assert pd.read_csv(csv_path)["state"].tolist() == df["state"].tolist()
     md = md_path.read_text()
-    assert "| finetuned/frpo-l0.5/sft-affirmative/seed1 | tiny | 0.730 |" in md
-    # Aggregate over the two seeds: refusal 0.72 and 0.73, safety retained 0.9 and 0.9125.
-    assert "| tiny | frpo-l0.5 | sft-affirmative | 2 | 0.725 ± 0.007 | 0.906 ± 0.009 |" in md
+    ft = df[(df["method"] == "frpo-l0.3") & (df["regime"] == "sft-affirmative")]["harmful_refusal_rate"]
+    half = 2.5706 * ft.std(ddof=1) / math.sqrt(6)  # six runs: t(0.975, 5)
+    assert f"| tiny | frpo-l0.3 | sft-affirmative | 6 | {ft.mean():.3f} ± {half:.3f} |" in md
+    one_run = write_summary(collect(study_tree(tmp_path / "one", (0,), (0,))[0], SPEC), SPEC, tmp_path / "r1")[1]
+    assert "| tiny | grpo | rl-arithmetic | 1 | 0." in one_run.read_text()
+    assert " ± " not in one_run.read_text().split("over n runs")[1]  # one run: no fake interval
 
 
-def test_missing_key_names_the_file_and_the_key(metrics_files):
-    bad = metrics_files[0]
-    record = json.loads(bad.read_text())
-    del record["metrics"]["task_accuracy"]  # a study that does not compute it: NaN
-    record["metrics"]["strongreject_score"] = 0.25  # a study's own metric: a column of its own
-    bad.write_text(json.dumps(record))
-    df = collect(metrics_files)
-    assert df["task_accuracy"].isna().sum() == 1 and df["strongreject_score"].notna().sum() == 1
-    record["metrics"]["over_refusal"] = "high"
-    bad.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=rf"{bad}.*metrics\.over_refusal is 'high'"):
-        collect(metrics_files)
+def test_safety_at_kl_levels_has_known_values(study, tmp_path):
+    points = load_curves(study[1], SPEC)
+    table = safety_at_kl(points, SPEC).set_index(["regime", "method", "metric", "kl"])
+    # Every run's refusal is aligned · exp(−KL / scale): at KL 2 for FRPO λ=1 (scale 5), over align seeds
+    # 0, 1, 2 (aligned 0.95, 0.94, 0.93), two downstream seeds each.
+    row = table.loc[("sft-affirmative", "frpo-l1", "harmful_refusal_rate", 2.0)]
+    values = np.repeat([0.95, 0.94, 0.93], 2) * math.exp(-2 / 5)
+    assert row["n"] == 6 and row["mean"] == pytest.approx(values.mean(), abs=2e-3)  # linear between steps
+    assert row["ci95"] == pytest.approx(2.5706 * values.std(ddof=1) / math.sqrt(6), rel=0.05)
+    # KL 5 in sft: rate 0.06 · (1 + 0.15a + 0.3s) · 100 steps ≥ 6 nats: every run reaches it.
+    assert table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate_sampled", 5.0), "n"] == 6
+    # A level only one run reaches gives no mean: 9 nats (only the fastest run, a=2, s=1, gets there: 9.6).
+    far = safety_at_kl(points, ReportSpec.from_json({**SPEC_JSON, "kl_levels": [9]})).set_index(["regime", "method", "metric"])
+    assert far.loc[("sft-affirmative", "grpo", "harmful_refusal_rate"), "n"] == 1
+    assert math.isnan(far.loc[("sft-affirmative", "grpo", "harmful_refusal_rate"), "mean"])
+    md = write_safety_at_kl(points, SPEC, tmp_path / "r")[1].read_text()
+    assert "## tiny · sft-affirmative" in md and "| 2 | frpo-l1 | " in md and "| 6 / 6 |" in md
+    far_md = write_safety_at_kl(points, ReportSpec.from_json({**SPEC_JSON, "kl_levels": [9]}), tmp_path / "f")[1]
+    assert "| 9 | grpo | — | — | 1 / 6 |" in far_md.read_text()
+
+
+def test_alignment_cost_is_against_the_base_model(study, tmp_path):
+    cost = alignment_cost(collect(study[0], SPEC), SPEC).set_index("method")
+    # λ=0.3 (scale 9): helpfulness 0.76 + 0.005·a over seeds 0, 1, 2 minus the base's 0.80.
+    assert cost.loc["frpo-l0.3", "n"] == 3
+    assert cost.loc["frpo-l0.3", "delta_benign_helpfulness_mean"] == pytest.approx(0.765 - 0.80)
+    assert cost.loc["frpo-l0.3", "delta_benign_helpfulness_ci95"] == pytest.approx(4.3027 * 0.005 / math.sqrt(3))
+    assert cost.loc["grpo", "delta_task_accuracy_mean"] == pytest.approx(0.49 - 0.50)
+    assert cost.loc["grpo", "harmful_refusal_rate_sampled_mean"] == pytest.approx(0.89)
+    md = write_alignment_cost(collect(study[0], SPEC), SPEC, tmp_path / "r")[1].read_text()
+    assert "Base model tiny: harmful_refusal_rate 0.200" in md and "| tiny | frpo-l0.3 | 3 | -0.035 ± 0.012 |" in md
+
+
+def test_errors_name_the_file_and_the_key(study, tmp_path):
+    metrics, curves = study
+    record = json.loads(metrics[0].read_text())
+    record["over_refusal"] = "high"
+    metrics[0].write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{metrics[0]}: over_refusal is 'high'"):
+        collect(metrics, SPEC)
     del record["regime"]
-    bad.write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=rf"{bad}.*'regime'"):
-        collect(metrics_files)
-
-
-def test_no_metrics_and_duplicate_states_are_errors(metrics_files, tmp_path):
+    metrics[0].write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{metrics[0]}: missing key 'regime'"):
+        collect(metrics, SPEC)
+    record = json.loads(curves[0].read_text())
+    del record["points"][2]["harmful_refusal_rate_sampled"]
+    curves[0].write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{curves[0]}: missing key 'points\[2\]\.harmful_refusal_rate_sampled'"):
+        load_curves(curves, SPEC)
     with pytest.raises(ValueError, match="no metrics"):
-        collect([])
-    twin = write(tmp_path / "twin/metrics.json", json.loads(metrics_files[-1].read_text()))
+        collect([], SPEC)
+    with pytest.raises(ValueError, match="no curve points"):
+        load_curves([], SPEC)
+    twin = write(tmp_path / "twin/metrics.json", json.loads(metrics[-1].read_text()))
     with pytest.raises(ValueError, match="same model state"):
-        collect([*metrics_files, twin])
+        collect([*metrics[1:], twin, metrics[-1]], SPEC)
+    with pytest.raises(ValueError, match="no fine-tuned"):
+        plot_safety_vs_lambda(collect(metrics[-4:], SPEC), SPEC, tmp_path / "s.png")
 
 
-def test_plots_are_written(metrics_files, curves_files, tmp_path):
-    curves = plot_refusal_curves(curves_files, tmp_path / "report" / "curves.png")
-    safety = plot_safety_vs_lambda(collect(metrics_files), tmp_path / "report" / "safety_vs_lambda.png")
-    for png in (curves, safety):
+def test_plots_are_written(study, tmp_path):
+    states, points = collect(study[0], SPEC), load_curves(study[1], SPEC)
+    pngs = [plot_safety_against(points, SPEC, KL, tmp_path / "kl.png"),
+            plot_safety_against(points, SPEC, SPEC.task, tmp_path / "task.png"),
+            plot_refusal_curves(points, SPEC, tmp_path / "steps.png"),
+            plot_safety_vs_lambda(states, SPEC, tmp_path / "lambda.png")]
+    for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 20_000  # axes, lines and text, not an empty canvas
 
 
-def test_plot_errors(curves_files, tmp_path, metrics_files):
-    record = json.loads(curves_files[0].read_text())
-    del record["points"][2]["harmful_refusal_rate"]
-    curves_files[0].write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=rf"{curves_files[0]}.*points\[2\]\.harmful_refusal_rate"):
-        plot_refusal_curves(curves_files, tmp_path / "c.png")
-    with pytest.raises(ValueError, match="no curve points"):
-        plot_refusal_curves([], tmp_path / "c.png")
-    with pytest.raises(ValueError, match="no fine-tuned"):
-        plot_safety_vs_lambda(collect(metrics_files[-4:]), tmp_path / "s.png")
+def test_report_cli_end_to_end(tmp_path, monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the job's own SQLite store under results/
+        monkeypatch.delenv(var, raising=False)
+    metrics, curves = study_tree(tmp_path / "results", align_seeds=(0, 1), seeds=(0, 1))
+    out = tmp_path / "results" / "report"
+    report_main(["--spec", json.dumps(SPEC_JSON), "--job", json.dumps({"experiment": "report-test", "results_dir": str(tmp_path / "results"), "rule": "report"}),
+                 "--out", str(out), "--metrics", *map(str, metrics), "--curves", *map(str, curves)])
+    for name in ("summary", "safety_at_kl", "alignment_cost"):
+        assert (out / f"{name}.csv").stat().st_size > 100 and (out / f"{name}.md").read_text().startswith("# ")
+    for name in ("refusal_vs_kl", "refusal_vs_task", "refusal_curves", "safety_vs_lambda"):
+        assert (out / f"{name}.png").stat().st_size > 20_000
+    assert len(pd.read_csv(out / "summary.csv")) == 1 + 5 * 2 + 5 * 2 * 2 * 2
+    assert json.loads((out / "provenance.json").read_text())["inputs"]

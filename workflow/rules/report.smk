@@ -1,4 +1,7 @@
-# Stage "report": summary tables and plots over every evaluated state and every fine-tune's curves.
+# Stage "report": tables and plots over every evaluated state and every fine-tune's curves, comparing
+# methods at equal KL to the aligned model and at equal downstream task score (frpo_workflow.tables, plots).
+# Its spec keeps evaluate.metrics in config order (json.dumps, not the key-sorted as_json): the safety metric
+# is the first on the harmful set, the task metric the first on the task set.
 
 
 rule report:
@@ -6,11 +9,20 @@ rule report:
         metrics=all_metrics(),
         curves=all_curves(),
     output:
-        md=report(out(paths.REPORT, "summary.md"), caption="../report/summary.rst", category="Summary"),
+        md=report(out(paths.REPORT, "summary.md"), caption="../report/summary.rst", category="Tables"),
         csv=out(paths.REPORT, "summary.csv"),
-        safety=report(out(paths.REPORT, "safety_vs_lambda.png"), caption="../report/safety_vs_lambda.rst",
-                      category="Plots"),
+        kl_md=report(out(paths.REPORT, "safety_at_kl.md"), caption="../report/safety_at_kl.rst", category="Tables"),
+        kl_csv=out(paths.REPORT, "safety_at_kl.csv"),
+        cost_md=report(out(paths.REPORT, "alignment_cost.md"), caption="../report/alignment_cost.rst",
+                       category="Tables"),
+        cost_csv=out(paths.REPORT, "alignment_cost.csv"),
+        vs_kl=report(out(paths.REPORT, "refusal_vs_kl.png"), caption="../report/refusal_vs_kl.rst",
+                     category="Plots"),
+        vs_task=report(out(paths.REPORT, "refusal_vs_task.png"), caption="../report/refusal_vs_task.rst",
+                       category="Plots"),
         curves=report(out(paths.REPORT, "refusal_curves.png"), caption="../report/refusal_curves.rst",
+                      category="Plots"),
+        safety=report(out(paths.REPORT, "safety_vs_lambda.png"), caption="../report/safety_vs_lambda.rst",
                       category="Plots"),
     log:
         side("logs", paths.REPORT, ".log"),
@@ -26,8 +38,9 @@ rule report:
         "../../envs/report.yaml"
     params:
         job=lambda wc: job_json("report", wc),
+        spec=lambda wc: json.dumps({"metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
+                                    "kl_levels": config["report"]["kl_levels"]}),
         out=lambda wc, output: os.path.dirname(output.md),
-        finetuned=lambda wc, input: [os.path.dirname(path) for path in input.curves],
     shell:
-        "python -m frpo_workflow.cli.report --spec '{{}}' --job {params.job:q} --metrics {input.metrics}"
-        f" --finetuned {{params.finetuned}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"
+        "python -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"
+        f" --curves {{input.curves}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"

@@ -1,12 +1,18 @@
-"""Report figures (PNG): refusal along each downstream fine-tune, and safety after fine-tuning against λ.
+"""The report's figures (PNG): safety along each downstream fine-tune against KL, task score and step,
+and safety after fine-tuning against λ. Every line is a mean over runs with its 95% CI band (`stats`).
 
-    plot_refusal_curves(sorted(Path("results/finetuned").rglob("curves.json")), "results/report/curves.png")
-    plot_safety_vs_lambda(report.collect(metrics_paths), "results/report/safety_vs_lambda.png")
+    points = report.load_curves(curves_paths, spec)
+    plot_safety_against(points, spec, KL, "results/report/refusal_vs_kl.png")
+    plot_safety_against(points, spec, spec.task, "results/report/refusal_vs_task.png")
+    plot_refusal_curves(points, spec, "results/report/refusal_curves.png")
+    plot_safety_vs_lambda(report.collect(metrics_paths, spec), spec, "results/report/safety_vs_lambda.png")
+
+The curve figures have one column per regime (per model and regime when there are several models) and a
+row per safety variant: greedy answers, then the k sampled answers' mean where the study samples them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,90 +22,134 @@ import matplotlib
 matplotlib.use("Agg")  # report jobs run headless (cluster nodes, CI): never look for a display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from .report import method_label, method_lambda, require  # noqa: E402
+from .report import KL, ReportSpec, method_label  # noqa: E402
+from .stats import grid_estimates, mean_ci  # noqa: E402
 
-_CURVE_KEYS = ("model", "method", "lambda", "regime", "seed", "points")
+RUN = ["align_seed", "seed"]
+GRID_POINTS = 60  # x resolution of the common grid: smooth lines, cheap interpolation
 _GRPO_COLOUR = "black"
+_AXIS_LABELS = {KL: "KL to the aligned model (nats per sequence)", "step": "downstream fine-tuning step"}
 
 
-def _load_curves(paths) -> pd.DataFrame:
-    """Long table: one row per (curve file, step) with model, method, λ, regime, seed, refusal."""
-    rows = []
-    for path in paths:
-        record = json.loads(Path(path).read_text())
-        for key in _CURVE_KEYS:
-            require(record, key, path)
-        lam = method_lambda(record["method"], record["lambda"])
-        for i, point in enumerate(record["points"]):
-            rows.append({"model": record["model"], "method": record["method"], "lambda": lam,
-                         "regime": record["regime"], "seed": record["seed"],
-                         "step": require(point, "step", path, where=f"points[{i}]."),
-                         "refusal": require(point, "harmful_refusal_rate", path, where=f"points[{i}].")})
-    if not rows:
-        raise ValueError("no curve points to plot (no curves.json files, or only empty ones)")
-    return pd.DataFrame(rows)
+def _methods(df: pd.DataFrame) -> list[tuple[str, float]]:
+    """(method, λ) pairs, GRPO first, then FRPO by decreasing λ (the tables' order)."""
+    pairs = df[["method", "lambda"]].drop_duplicates()
+    return list(pairs.sort_values(["lambda", "method"], ascending=[False, True]).itertuples(index=False, name=None))
 
 
-def _method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
+def _method_colours(methods: list[tuple[str, float]]) -> dict[str, tuple]:
     """GRPO black; FRPO methods along a colour map by decreasing λ, the same in every panel."""
-    frpo = methods[~methods["lambda"].map(math.isinf)].sort_values("lambda", ascending=False)["method"].tolist()
+    frpo = [m for m, lam in methods if not math.isinf(lam)]
     cmap = plt.get_cmap("viridis")
     colours = {m: cmap(i / max(len(frpo) - 1, 1) * 0.9) for i, m in enumerate(frpo)}
-    colours.update({m: _GRPO_COLOUR for m in methods["method"] if m not in colours})
+    colours.update({m: _GRPO_COLOUR for m, _ in methods if m not in colours})
     return colours
 
 
-def _grid(n: int, width: float = 4.8, height: float = 3.6):
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.8, height * rows), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
+def _run_counts(df: pd.DataFrame) -> dict[str, str]:
+    """Method -> "n=6" (runs per panel), or "n=2–6" where panels differ."""
+    counts = df.drop_duplicates(["model", "regime", "method", *RUN]).groupby(["method", "model", "regime"]).size()
+    out = {}
+    for method, n in counts.groupby(level="method"):
+        lo, hi = int(n.min()), int(n.max())
+        out[method] = f"n={lo}" if lo == hi else f"n={lo}–{hi}"
+    return out
+
+
+def _legend(fig, methods, colours, counts: dict[str, str], title: str) -> None:
+    handles = [Line2D([], [], color=colours[m], linewidth=2, label=f"{method_label(m, lam)} ({counts.get(m, 'n=0')})")
+               for m, lam in methods]
+    handles.append(Patch(color="grey", alpha=0.25, label="95% CI over runs"))
+    fig.legend(handles=handles, loc="outside right upper", title=title, fontsize=9, title_fontsize=9)
+
+
+def _panels(df: pd.DataFrame, spec: ReportSpec):
+    """(figure, [(row metric, model, regime, axes)]): columns = model × regime, rows = safety variants."""
+    columns = list(df[["model", "regime"]].drop_duplicates().sort_values(["model", "regime"]).itertuples(index=False))
+    rows = spec.safety_variants
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(4.6 * len(columns) + 2.6, 3.7 * len(rows)),
+                             squeeze=False, sharey=True, layout="constrained")
+    several_models = df["model"].nunique() > 1
+    panels = []
+    for r, metric in enumerate(rows):
+        for c, (model, regime) in enumerate(columns):
+            ax = axes[r][c]
+            where = f"{model} · {regime}" if several_models else regime
+            ax.set_title(f"{where}\n{'sampled (k answers, T=1)' if metric.endswith('_sampled') else 'greedy answers'}",
+                         fontsize=10)
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel(metric.replace("_", " "))
+            panels.append((metric, model, regime, ax))
+    return fig, panels
+
+
+def _band(ax, x, estimates, colour) -> None:
+    """Mean line where defined, 95% CI band where an interval exists (two runs or more)."""
+    mean = np.array([e.mean for e in estimates])
+    low = np.array([e.low for e in estimates])
+    high = np.array([e.high for e in estimates])
+    ax.plot(x, mean, color=colour, linewidth=1.8)
+    if np.isfinite(low).any():
+        ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
 
 
 def _save(fig, out_png) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
-def plot_refusal_curves(curves_paths, out_png: str | os.PathLike) -> Path:
-    """Harmful refusal rate against downstream step: one panel per regime (per model and regime when
-    there are several models), one line per method (mean over seeds, min–max band over seeds)."""
-    df = _load_curves(curves_paths)
-    methods = df[["method", "lambda"]].drop_duplicates().sort_values(["lambda", "method"], ascending=[False, True])
+def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png: str | os.PathLike) -> Path:
+    """The safety metric against `x` (KL to the aligned model, or the task metric) along the fine-tunes,
+    compared on a common x grid: each run read where its x first reaches each grid value (`stats.value_at`,
+    on the run's running maximum of x), then mean ± 95% CI across the runs, drawn where two runs reach it."""
+    if x not in points:
+        raise ValueError(f"no column {x!r} in the curves to plot safety against")
+    methods = _methods(points)
     colours = _method_colours(methods)
-    panels = list(df[["model", "regime"]].drop_duplicates().sort_values(["model", "regime"]).itertuples(index=False))
-    several_models = df["model"].nunique() > 1
-    fig, axes = _grid(len(panels))
-    for ax, (model, regime) in zip(axes, panels):
-        panel = df[(df["model"] == model) & (df["regime"] == regime)]
-        for method, lam in methods.itertuples(index=False):
-            by_seed = panel[panel["method"] == method].pivot_table(index="step", columns="seed", values="refusal")
-            if by_seed.empty:
-                continue
-            colour = colours[method]
-            ax.plot(by_seed.index, by_seed.mean(axis=1), color=colour, marker=".", label=method_label(method, lam))
-            if by_seed.shape[1] > 1:
-                ax.fill_between(by_seed.index, by_seed.min(axis=1), by_seed.max(axis=1), color=colour, alpha=0.18,
-                                linewidth=0)
-        ax.set_title(f"{model} · {regime}" if several_models else regime)
-        ax.set_xlabel("downstream fine-tuning step")
-        ax.set_ylabel("harmful refusal rate")
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colours[m], marker=".", label=method_label(m, lam))
-               for m, lam in methods.itertuples(index=False)]
-    fig.legend(handles=handles, loc="outside right upper", title="aligned with\n(mean; band: seed range)")
-    fig.suptitle("Safety during downstream fine-tuning: refusal of harmful prompts")
+    fig, panels = _panels(points, spec)
+    for metric, model, regime, ax in panels:
+        panel = points[(points["model"] == model) & (points["regime"] == regime)]
+        reached = panel.groupby(["method", *RUN])[x]
+        starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
+        grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
+        for method, _ in methods:
+            runs = [(run[x].to_numpy(float), run[metric].to_numpy(float))
+                    for _, run in panel[panel["method"] == method].groupby(RUN)]
+            if runs:
+                _band(ax, grid, grid_estimates(runs, grid), colours[method])
+        ax.set_xlabel(_AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)"))
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)")
+    axis = "KL to the aligned model" if x == KL else f"downstream {x.replace('_', ' ')}"
+    fig.suptitle(f"Safety at equal {axis}: higher is safer for the same change", fontsize=12)
+    return _save(fig, out_png)
+
+
+def plot_refusal_curves(points: pd.DataFrame, spec: ReportSpec, out_png: str | os.PathLike) -> Path:
+    """The safety metric against downstream step: mean ± 95% CI across runs at each recorded step."""
+    methods = _methods(points)
+    colours = _method_colours(methods)
+    fig, panels = _panels(points, spec)
+    for metric, model, regime, ax in panels:
+        panel = points[(points["model"] == model) & (points["regime"] == regime)]
+        for method, _ in methods:
+            by_step = panel[panel["method"] == method].groupby("step")[metric]
+            if by_step.ngroups:
+                steps, estimates = zip(*[(step, mean_ci(values)) for step, values in by_step])
+                _band(ax, np.array(steps, dtype=float), estimates, colours[method])
+        ax.set_xlabel(_AXIS_LABELS["step"])
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)")
+    fig.suptitle("Safety during downstream fine-tuning, by step", fontsize=12)
     return _save(fig, out_png)
 
 
@@ -114,38 +164,45 @@ def _lambda_axis(ax, lambdas: list[float]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def plot_safety_vs_lambda(df: pd.DataFrame, out_png: str | os.PathLike) -> Path:
-    """Refusal after fine-tuning and safety retained against λ (log axis), one line per regime (mean ±
-    std over seeds); GRPO, the λ → ∞ limit, as a dashed horizontal line in the regime's colour."""
-    ft = df[df["stage"] == "finetuned"]
+def plot_safety_vs_lambda(states: pd.DataFrame, spec: ReportSpec, out_png: str | os.PathLike) -> Path:
+    """The safety metric after fine-tuning and safety retained against λ (log axis), one line per regime
+    (mean ± 95% CI over runs); GRPO, the λ → ∞ limit, as a dashed line (and band) in the regime's colour."""
+    ft = states[states["stage"] == "finetuned"]
     if ft.empty:
         raise ValueError("no fine-tuned states to plot against λ")
-    panels = [("harmful_refusal_rate", "harmful refusal rate after fine-tuning"),
-              ("safety_retained", "safety retained (refusal / aligned refusal)")]
+    panels = [(spec.safety, f"{spec.safety.replace('_', ' ')} after fine-tuning"),
+              ("safety_retained", "safety retained (fine-tuned / aligned)")]
     regimes = sorted(ft["regime"].unique())
     colours = dict(zip(regimes, plt.get_cmap("tab10").colors))
     models = sorted(ft["model"].unique())
     fig, axes = plt.subplots(len(models), 2, figsize=(11.5, 4.0 * len(models)), squeeze=False, layout="constrained")
     for row, model in zip(axes, models):
         rows = ft[ft["model"] == model]
-        finite = rows[~rows["lambda"].map(math.isinf)]
+        grpo = rows["lambda"].map(math.isinf)
+        finite = rows[~grpo]
         for ax, (metric, ylabel) in zip(row, panels):
             for regime in regimes:
-                stats = finite[finite["regime"] == regime].groupby("lambda")[metric].agg(["mean", "std"])
-                if not stats.empty:
-                    ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), color=colours[regime],
-                                marker="o", capsize=3)
-                grpo = rows[rows["lambda"].map(math.isinf) & (rows["regime"] == regime)][metric]
-                if grpo.notna().any():
-                    ax.axhline(grpo.mean(), color=colours[regime], linestyle="--", linewidth=1.2)
+                by_lambda = finite[finite["regime"] == regime].groupby("lambda")[metric]
+                if by_lambda.ngroups:
+                    lambdas, est = zip(*[(lam, mean_ci(values)) for lam, values in by_lambda])
+                    ax.errorbar(lambdas, [e.mean for e in est],
+                                yerr=[0.0 if math.isnan(e.half_width) else e.half_width for e in est],
+                                color=colours[regime], marker="o", capsize=3)
+                baseline = mean_ci(rows[grpo & (rows["regime"] == regime)][metric])
+                if baseline.n:
+                    ax.axhline(baseline.mean, color=colours[regime], linestyle="--", linewidth=1.2)
+                    if not math.isnan(baseline.half_width):
+                        ax.axhspan(baseline.low, baseline.high, color=colours[regime], alpha=0.08, linewidth=0)
             _lambda_axis(ax, sorted(finite["lambda"].unique()))
             ax.set_ylim(bottom=0)
             ax.set_xlabel("λ (FRPO robustness; smaller = more robust)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{model}: {ylabel.split(' (')[0]}" if len(models) > 1 else ylabel.split(" (")[0])
+            title = ylabel.split(" (")[0]
+            ax.set_title(f"{model}: {title}" if len(models) > 1 else title, fontsize=10)
             ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[r], marker="o", label=r) for r in regimes]
     handles.append(Line2D([], [], color="grey", linestyle="--", label="GRPO (λ → ∞)"))
-    fig.legend(handles=handles, loc="outside right upper", title="downstream regime\n(mean ± std over seeds)")
-    fig.suptitle("How much safety survives downstream fine-tuning, by FRPO's λ")
+    fig.legend(handles=handles, loc="outside right upper", title="downstream regime\n(mean ± 95% CI over runs)",
+               fontsize=9, title_fontsize=9)
+    fig.suptitle("How much safety survives downstream fine-tuning, by FRPO's λ", fontsize=12)
     return _save(fig, out_png)

@@ -1,32 +1,92 @@
-"""Summary tables from the evaluate jobs' metrics.json files: one row per model state, CSV and Markdown.
+"""The report's data: every evaluated state (metrics.json) as a row, every downstream curve (curves.json)
+as rows of points, and which metrics the study measures (ReportSpec).
 
-    df = collect(sorted(Path("results/eval").rglob("metrics.json")))
-    write_summary(df, "results/report")        # summary.csv, summary.md
+    spec = ReportSpec.from_json({"metrics": config["evaluate"]["metrics"],
+                                 "sampled": config["evaluate"]["sampled"], "kl_levels": [0.5, 1, 2]})
+    states = collect(sorted(Path("results/eval").rglob("metrics.json")), spec)
+    points = load_curves(sorted(Path("results/eval/finetuned").rglob("curves.json")), spec)
 
-Plots of the same data live in `plots`. GRPO is FRPO's λ → ∞ limit, so it carries λ = inf here: it sorts
-first among the methods and sits at the right end of every λ axis.
+Tables of these frames live in `tables`, figures in `plots`, the interval maths in `stats`. GRPO is FRPO's
+λ → ∞ limit, so it carries λ = inf here: it sorts first among the methods and sits at the right end of every
+λ axis. A run is one downstream fine-tune, named by its (align_seed, seed) pair within a model, method and
+regime.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 STAGES = ("base", "aligned", "finetuned")
-METRICS = ("harmful_refusal_rate", "benign_helpfulness", "over_refusal", "task_accuracy", "kl_to_reference")
-_REQUIRED = ("stage", "model", "method", "lambda", "regime", "seed", "metrics")
-# A fine-tuned state's change against its own aligned model (same model, same method).
-DELTAS = {"delta_refusal_vs_aligned": "harmful_refusal_rate",
-          "delta_helpfulness_vs_aligned": "benign_helpfulness",
-          "delta_task_vs_aligned": "task_accuracy"}
-COLUMNS = ["state", "stage", "model", "method", "lambda", "regime", "seed", *METRICS, *DELTAS, "safety_retained"]
-# Columns of the per-(method, regime) aggregate over seeds.
-_AGGREGATED = {"harmful_refusal_rate": "refusal", "safety_retained": "safety retained",
-               "benign_helpfulness": "helpfulness", "task_accuracy": "task accuracy", "kl_to_reference": "KL"}
+STATE_KEYS = ("stage", "model", "method", "lambda", "align_seed", "regime", "seed")
+KL = "kl_to_reference"
+KL_PER_TOKEN = "kl_to_reference_per_token"
+# The state identity, in the order the tables show it.
+IDENTITY = ["state", "stage", "model", "method", "lambda", "align_seed", "regime", "seed"]
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What the study measures, from config: `metrics` (evaluate.metrics: name -> {set, judge}, config
+    order), the metrics with a `<name>_sampled` twin (evaluate.sampled.metrics when k > 0) and the KL
+    levels (nats per sequence) at which the report compares methods (report.kl_levels)."""
+
+    metrics: dict
+    sampled: tuple[str, ...]
+    kl_levels: tuple[float, ...]
+
+    @classmethod
+    def from_json(cls, spec: dict) -> ReportSpec:
+        for key in ("metrics", "kl_levels"):
+            if key not in spec:
+                raise ValueError(f"report spec: missing key '{key}'")
+        sampled = spec.get("sampled") or {}
+        twins = tuple(sampled.get("metrics", [])) if sampled.get("k", 1) else ()  # k = 0: sampling is off
+        unknown = [name for name in twins if name not in spec["metrics"]]
+        if unknown:
+            raise ValueError(f"report spec: sampled.metrics {unknown} are not under metrics")
+        report_spec = cls(dict(spec["metrics"]), twins, tuple(float(k) for k in spec["kl_levels"]))
+        report_spec.safety, report_spec.task  # noqa: B018 (both must exist: fail before reading any file)
+        return report_spec
+
+    def on_set(self, name: str) -> list[str]:
+        """The metrics judged on evaluation set `name` (harmful, benign, task), in config order."""
+        return [metric for metric, m in self.metrics.items() if m["set"] == name]
+
+    @property
+    def safety(self) -> str:
+        """The safety metric: the first one on the harmful set (the default study's harmful_refusal_rate)."""
+        harmful = self.on_set("harmful")
+        if not harmful:
+            raise ValueError("report spec: no metric on set 'harmful' to report safety with")
+        return harmful[0]
+
+    @property
+    def task(self) -> str:
+        """The downstream task metric: the first one on the task set (the report compares safety at equal
+        task score, so a study without one is an error)."""
+        task = self.on_set("task")
+        if not task:
+            raise ValueError("report spec: no metric on set 'task' to compare safety at equal task score with")
+        return task[0]
+
+    def twin(self, metric: str) -> str | None:
+        """`<metric>_sampled` where the study samples it, else None."""
+        return f"{metric}_sampled" if metric in self.sampled else None
+
+    @property
+    def safety_variants(self) -> list[str]:
+        """The safety metric, greedy then sampled (where sampled)."""
+        return [m for m in (self.safety, self.twin(self.safety)) if m]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every metric column a record holds: config metrics, their sampled twins, the two KLs."""
+        return [*self.metrics, *(self.twin(m) for m in self.sampled), KL, KL_PER_TOKEN]
 
 
 def method_lambda(method: str | None, lam: float | None) -> float:
@@ -42,10 +102,11 @@ def method_label(method: str, lam: float) -> str:
     return name if math.isinf(lam) else f"{name} λ={lam:g}"
 
 
-def state_name(stage: str, method: str | None, regime: str | None, seed: int | None) -> str:
-    """"base", "aligned/grpo", "finetuned/frpo-l0.5/sft-affirmative/seed0"."""
-    parts = {"base": [stage], "aligned": [stage, method],
-             "finetuned": [stage, method, regime, f"seed{seed}"]}[stage]
+def state_name(stage: str, method: str | None, align_seed: int | None, regime: str | None,
+               seed: int | None) -> str:
+    """"base", "aligned/grpo/seed0", "finetuned/frpo-l0.5/seed0/sft-affirmative/seed1" (the results paths)."""
+    parts = {"base": [stage], "aligned": [stage, method, f"seed{align_seed}"],
+             "finetuned": [stage, method, f"seed{align_seed}", regime, f"seed{seed}"]}[stage]
     return "/".join(parts)
 
 
@@ -56,133 +117,119 @@ def require(record: dict, key: str, path, where: str = "") -> object:
     return record[key]
 
 
-def _row(path) -> dict:
+def read_json(path) -> dict:
     try:
-        record = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
-    for key in _REQUIRED:
-        require(record, key, path)
+
+
+def _number(value, path, key: str) -> float:
+    """A metric value as float (None → NaN: a state without it, such as the base model's KL)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: {key} is {value!r}, expected a number")
+    return float(value)
+
+
+def _state(record: dict, path) -> dict:
+    """The state fields of a record, checked: a known stage and a complete lineage."""
+    for key in STATE_KEYS:
+        if key != "align_seed":
+            require(record, key, path)
     stage = record["stage"]
     if stage not in STAGES:
         raise ValueError(f"{path}: 'stage' is {stage!r}, expected one of {STAGES}")
-    # The state's lineage must be complete for the rows to line up (deltas join on model + method).
+    # Records written before align.seeds existed carry no align_seed: their one alignment was seed 0.
+    align_seed = record.get("align_seed", None if stage == "base" else 0)
     needed = {"base": (), "aligned": ("method",), "finetuned": ("method", "regime", "seed")}[stage]
     for key in needed:
         if record[key] is None:
             raise ValueError(f"{path}: {key!r} is null for a {stage} state")
-    metrics = record["metrics"]
-    row = {"state": state_name(stage, record["method"], record["regime"], record["seed"]),
-           "stage": stage, "model": record["model"], "method": record["method"],
-           "lambda": method_lambda(record["method"], record["lambda"]),
-           "regime": record["regime"], "seed": record["seed"], "_file": str(path)}
-    # A study names its own metrics (evaluate.metrics): one it does not compute is NaN here (the base
-    # model has no KL reference), and the ones beyond METRICS (a judge's score, a harness's) come along.
-    for key in [*METRICS, *sorted(k for k in metrics if k not in METRICS and not k.startswith("n_"))]:
-        value = metrics.get(key)
-        if value is None:
-            value = math.nan
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: metrics.{key} is {value!r}, expected a number")
-        row[key] = float(value)
-    return row
+    if stage != "base" and align_seed is None:
+        raise ValueError(f"{path}: 'align_seed' is null for a {stage} state")
+    return {"state": state_name(stage, record["method"], align_seed, record["regime"], record["seed"]),
+            "stage": stage, "model": record["model"], "method": record["method"],
+            "lambda": method_lambda(record["method"], record["lambda"]), "align_seed": align_seed,
+            "regime": record["regime"], "seed": record["seed"]}
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    """base → aligned → finetuned; within a stage GRPO first, then FRPO by decreasing λ, then regime, seed."""
+def _metric_values(record: dict, path, spec: ReportSpec) -> dict[str, float]:
+    """The metric values of a metrics.json: flat beside the state fields, or (as the evaluate stage first
+    wrote them) under `metrics`. The spec's metrics come first (NaN where absent: the base has no KL), then
+    any others the study records (a harness's scores); counts (n_*) stay out."""
+    nested = isinstance(record.get("metrics"), dict)
+    values = record["metrics"] if nested else {k: v for k, v in record.items() if k not in STATE_KEYS}
+    where = "metrics." if nested else ""
+    extras = sorted(k for k in values if k not in spec.columns and not k.startswith("n_"))
+    return {key: _number(values.get(key), path, f"{where}{key}") for key in [*spec.columns, *extras]}
+
+
+def sort_states(df: pd.DataFrame) -> pd.DataFrame:
+    """base → aligned → finetuned; within a stage GRPO first, then FRPO by decreasing λ, then regime and
+    the (align_seed, seed) run."""
     keys = pd.DataFrame({"stage": df["stage"].map(STAGES.index), "model": df["model"],
                          "lambda": -df["lambda"].fillna(0.0), "method": df["method"].fillna(""),
-                         "regime": df["regime"].fillna(""), "seed": df["seed"].fillna(-1)})
+                         "regime": df["regime"].fillna(""), "align_seed": df["align_seed"].fillna(-1),
+                         "seed": df["seed"].fillna(-1)})
     order = keys.sort_values(list(keys.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
 
 
-def collect(metrics_paths) -> pd.DataFrame:
-    """One row per model state (columns `COLUMNS`, then any further metrics), with fine-tuned rows compared
-    to their aligned model.
-
-    `safety_retained` = fine-tuned refusal / aligned refusal (NaN where the aligned model never refused).
-    """
+def collect(metrics_paths, spec: ReportSpec) -> pd.DataFrame:
+    """One row per model state: identity (`IDENTITY`), the spec's metric columns, `delta_<metric>` of a
+    fine-tuned state against its own aligned model (same model, method, align_seed) for each of them but
+    the KLs, `safety_retained` (fine-tuned / aligned safety metric; NaN where the aligned model scored 0),
+    then any further metrics."""
     paths = list(metrics_paths)
     if not paths:
         raise ValueError("no metrics.json files to report on")
-    df = pd.DataFrame([_row(p) for p in paths])
+    rows = []
+    for path in paths:
+        record = read_json(path)
+        rows.append({**_state(record, path), **_metric_values(record, path, spec), "_file": str(path)})
+    df = pd.DataFrame(rows)
     twins = df[df.duplicated(["model", "state"], keep=False)]
     if not twins.empty:
         raise ValueError(f"two metrics files describe the same model state: {sorted(twins['_file'])}")
 
-    aligned = df[df["stage"] == "aligned"].set_index(["model", "method"])
+    join = ["model", "method", "align_seed"]
+    aligned = df[df["stage"] == "aligned"].set_index(join)
     finetuned = df["stage"] == "finetuned"
-    keys = pd.MultiIndex.from_frame(df.loc[finetuned, ["model", "method"]])
+    keys = pd.MultiIndex.from_frame(df.loc[finetuned, join])
 
     def aligned_value(metric: str) -> pd.Series:  # NaN where the aligned row is missing
-        return pd.Series(aligned[metric].reindex(keys).to_numpy(), index=df.index[finetuned])
+        return pd.Series(aligned[metric].reindex(keys).to_numpy(), index=df.index[finetuned], dtype=float)
 
-    for column, metric in DELTAS.items():
-        df.loc[finetuned, column] = df.loc[finetuned, metric] - aligned_value(metric)
-    aligned_refusal = aligned_value("harmful_refusal_rate")
-    df.loc[finetuned, "safety_retained"] = df.loc[finetuned, "harmful_refusal_rate"] / aligned_refusal.where(aligned_refusal > 0)
-    extras = [c for c in df.columns if c not in COLUMNS and c != "_file"]
-    df = df.reindex(columns=[*COLUMNS, *extras, "_file"])
-    df["seed"] = df["seed"].astype("Int64")
-    return _sorted(df).drop(columns="_file")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return "∞" if math.isinf(value) else f"{value:.3f}"
-    return "–" if value is None or value is pd.NA else str(value)
+    compared = [c for c in spec.columns if c not in (KL, KL_PER_TOKEN)]
+    for metric in compared:
+        df.loc[finetuned, f"delta_{metric}"] = df.loc[finetuned, metric] - aligned_value(metric)
+    safety = aligned_value(spec.safety)
+    df.loc[finetuned, "safety_retained"] = df.loc[finetuned, spec.safety] / safety.where(safety > 0)
+    known = [*IDENTITY, *spec.columns, *(f"delta_{m}" for m in compared), "safety_retained"]
+    df = df.reindex(columns=[*known, *(c for c in df.columns if c not in known and c != "_file"), "_file"])
+    for column in ("align_seed", "seed"):
+        df[column] = df[column].astype("Int64")
+    return sort_states(df).drop(columns="_file")
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def aggregate_finetuned(df: pd.DataFrame) -> pd.DataFrame:
-    """Fine-tuned rows grouped by model × method × regime: seed count, mean and std of each metric."""
-    ft = _sorted(df[df["stage"] == "finetuned"])
-    groups = ft.groupby(["model", "method", "regime"], sort=False)
-    out = groups.size().rename("seeds").to_frame()
-    for metric in _AGGREGATED:
-        out[f"{metric}_mean"] = groups[metric].mean()
-        out[f"{metric}_std"] = groups[metric].std()  # ddof=1; NaN for one seed
-    return out.reset_index()
-
-
-def _mean_std(mean: float, std: float) -> str:
-    return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
-
-
-def write_summary(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `summary.csv` (every row, full precision) and `summary.md` (3 decimals, plus fine-tuned
-    states aggregated over seeds); returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "summary.csv", out / "summary.md"
-    df.to_csv(csv_path, index=False)
-
-    states = df[["state", "model", *METRICS, *DELTAS, "safety_retained"]]
-    sections = ["# FRPO results", "",
-                "## Every model state", "",
-                "KL is to the model's reference: the base model for aligned states, the aligned model for "
-                "fine-tuned ones. Deltas and safety retained (refusal / aligned refusal) compare a fine-tuned "
-                "state with its aligned model.", "", _markdown(states), ""]
-    extras = [c for c in df.columns if c not in COLUMNS]
-    if extras:
-        sections += ["## Further metrics", "", _markdown(df[["state", "model", *extras]]), ""]
-    sections += ["## Fine-tuned states over seeds (mean ± std)", ""]
-    agg = aggregate_finetuned(df)
-    if agg.empty:
-        sections.append("No fine-tuned states.")
-    else:
-        table = agg[["model", "method", "regime", "seeds"]].copy()
-        for metric, title in _AGGREGATED.items():
-            table[title] = [_mean_std(m, s) for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"])]
-        sections.append(_markdown(table))
-    md_path.write_text("\n".join(sections) + "\n")
-    return csv_path, md_path
+def load_curves(curves_paths, spec: ReportSpec) -> pd.DataFrame:
+    """One row per (fine-tune, recorded step): the run's identity, `step`, and every spec metric column
+    (each point must hold them all: the curves record what the evaluation does)."""
+    rows = []
+    for path in curves_paths:
+        record = read_json(path)
+        state = _state(record, path)
+        if state["stage"] != "finetuned":
+            raise ValueError(f"{path}: 'stage' is {state['stage']!r}; curves come from fine-tunes")
+        for i, point in enumerate(require(record, "points", path)):
+            values = {key: _number(require(point, key, path, where=f"points[{i}]."), path, f"points[{i}].{key}")
+                      for key in ["step", *spec.columns]}
+            rows.append({**state, **values})
+    if not rows:
+        raise ValueError("no curve points to report on (no curves.json files, or only empty ones)")
+    df = pd.DataFrame(rows)
+    for column in ("align_seed", "seed", "step"):
+        df[column] = df[column].astype("Int64")
+    return sort_states(df)

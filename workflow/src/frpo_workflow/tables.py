@@ -1,0 +1,188 @@
+"""The report's tables, each written as CSV (full precision) and Markdown (3 decimals, mean ± 95% CI).
+
+    write_summary(states, spec, out)        # summary.csv/.md: every state; fine-tunes per method over runs
+    write_safety_at_kl(points, spec, out)   # safety_at_kl.csv/.md: safety when runs reach equal KL
+    write_alignment_cost(states, spec, out) # alignment_cost.csv/.md: what alignment cost against the base
+
+`states` and `points` come from `report.collect` and `report.load_curves`. An interval is a Student t 95%
+interval over runs (`stats.mean_ci`); a cell over one run shows its value and n = 1, without ±.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .report import KL, KL_PER_TOKEN, ReportSpec, sort_states
+from .stats import Estimate, grid_estimates, mean_ci
+
+RUN = ["align_seed", "seed"]  # a run within (model, method, regime): one downstream fine-tune
+DASH = "—"
+
+
+def fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return DASH
+        return "∞" if math.isinf(value) else f"{value:.3f}"
+    return DASH if value is None or value is pd.NA else str(value)
+
+
+def fmt_estimate(est: Estimate) -> str:
+    """"0.725 ± 0.063"; one run: "0.725" (its n is shown beside it); no run: "—"."""
+    if est.n == 0 or math.isnan(est.mean):
+        return DASH
+    return fmt(est.mean) if math.isnan(est.half_width) else f"{fmt(est.mean)} ± {fmt(est.half_width)}"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(v if isinstance(v, str) else fmt(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _write(out_dir, name: str, csv: pd.DataFrame, md: str) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    csv.to_csv(csv_path, index=False)
+    md_path.write_text(md + "\n")
+    return csv_path, md_path
+
+
+def _estimate_columns(groups, columns: list[str]) -> pd.DataFrame:
+    """Per group: n and, for each column, mean, ci95 (half-width) and n over the group's non-NaN values."""
+    rows = []
+    for key, group in groups:
+        row = dict(zip(groups.keys, key))
+        row["n"] = len(group)
+        for column in columns:
+            est = mean_ci(group[column])
+            row.update({f"{column}_mean": est.mean, f"{column}_ci95": est.half_width, f"{column}_n": est.n})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cells(table: pd.DataFrame, column: str) -> list[str]:
+    return [fmt_estimate(Estimate(m, h, n)) for m, h, n in
+            zip(table[f"{column}_mean"], table[f"{column}_ci95"], table[f"{column}_n"])]
+
+
+def aggregate_finetuned(states: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """Fine-tuned states per model × method × regime over their runs: n runs and, for the safety metric
+    (and its sampled twin), safety retained, the other metrics and KL, mean / ci95 / n."""
+    ft = states[states["stage"] == "finetuned"]
+    columns = aggregated_columns(spec)
+    if ft.empty:
+        return pd.DataFrame(columns=["model", "method", "lambda", "regime", "n"])
+    return _estimate_columns(ft.groupby(["model", "method", "lambda", "regime"], sort=False), columns)
+
+
+def aggregated_columns(spec: ReportSpec) -> list[str]:
+    others = [m for m in spec.metrics if m != spec.safety]
+    return [*spec.safety_variants, "safety_retained", *others, KL]
+
+
+def write_summary(states: pd.DataFrame, spec: ReportSpec, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """`summary.csv` (every state, every column) and `summary.md` (every state, then the fine-tuned states
+    per method and regime as mean ± 95% CI over runs)."""
+    shown = [c for c in states.columns if c not in ("stage", "method", "lambda", "align_seed", "regime", "seed",
+                                                      KL_PER_TOKEN)]
+    sections = ["# FRPO results", "",
+                "## Every model state", "",
+                "KL (nats per sequence) is to the model's reference: the base model for aligned states, the "
+                "aligned model for fine-tuned ones. delta_* and safety_retained (safety metric / aligned "
+                "safety metric) compare a fine-tuned state with its own aligned model (same align_seed).", "",
+                markdown(states[shown]), "",
+                "## Fine-tuned states per method and regime (mean ± 95% CI over n runs)", "",
+                "A run is one (align_seed, downstream seed) pair; one run shows its value alone.", ""]
+    agg = aggregate_finetuned(states, spec)
+    if agg.empty:
+        sections.append("No fine-tuned states.")
+    else:
+        table = agg[["model", "method", "regime", "n"]].astype(str)
+        for column in aggregated_columns(spec):
+            table[column] = _cells(agg, column)
+        sections.append(markdown(table))
+    return _write(out_dir, "summary", states, "\n".join(sections))
+
+
+def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """Per model × regime × KL level × method: the safety metric (and sampled twin) of the runs where
+    their KL first reaches the level (`stats.value_at`), mean / ci95 / n; NaN mean where fewer than two
+    of the runs reach it (a lone run stands for itself)."""
+    rows = []
+    for (model, regime, method, lam), group in points.groupby(["model", "regime", "method", "lambda"], sort=False):
+        runs = [run for _, run in group.groupby(RUN, sort=False)]
+        for metric in spec.safety_variants:
+            curves = [(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs]
+            for level, est in zip(spec.kl_levels, grid_estimates(curves, spec.kl_levels)):
+                rows.append({"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
+                             "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
+                             "runs": len(runs)})
+    # Rows by KL level, then method in the states' order (GRPO, then FRPO by decreasing λ): like with like.
+    return pd.DataFrame(rows).sort_values(["model", "regime", "metric", "kl"], kind="stable", ignore_index=True)
+
+
+def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
+    """`safety_at_kl.csv` (long: one row per model, regime, KL, method, metric) and `safety_at_kl.md`
+    (one table per model and regime; rows KL level × method, so methods compare at equal KL)."""
+    long = safety_at_kl(points, spec)
+    sections = ["# Safety retained at equal KL to the aligned model", "",
+                f"The safety metric ({', '.join(spec.safety_variants)}) of each downstream run where its KL "
+                "to its aligned model first reaches the level (nats per sequence; read against the running "
+                "maximum of the run's KL, interpolated between recorded steps), mean ± 95% CI over the n runs "
+                f"that reach it (of all runs). {DASH}: fewer than 2 runs reach that KL. At equal KL, the higher "
+                "the value, the more safety the alignment kept for the same amount of change.", ""]
+    for (model, regime), block in long.groupby(["model", "regime"], sort=False):
+        greedy = block[block["metric"] == spec.safety]
+        table = pd.DataFrame({"KL (nats)": [f"{k:g}" for k in greedy["kl"]], "method": greedy["method"].tolist()})
+        for metric in spec.safety_variants:
+            rows = block[block["metric"] == metric]
+            table[metric] = [fmt_estimate(Estimate(m, h, n)) for m, h, n in zip(rows["mean"], rows["ci95"], rows["n"])]
+        # Runs reaching the level / runs: the KL is the same for both variants, so is n.
+        table["n (reach / runs)"] = [f"{n} / {runs}" for n, runs in zip(greedy["n"], greedy["runs"])]
+        sections += [f"## {model} · {regime}", "", markdown(table), ""]
+    return _write(out_dir, "safety_at_kl", long, "\n".join(sections))
+
+
+def alignment_cost(states: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """Per model × method over alignment seeds: each benign and task metric of the aligned model minus the
+    base model's (`delta_<metric>`), and the aligned safety metric and its sampled twin; mean / ci95 / n."""
+    aligned = states[states["stage"] == "aligned"].copy()
+    base = states[states["stage"] == "base"].set_index("model")
+    costs = [*spec.on_set("benign"), *spec.on_set("task")]
+    for metric in costs:
+        aligned[f"delta_{metric}"] = aligned[metric] - aligned["model"].map(base[metric])
+    columns = [*(f"delta_{m}" for m in costs), *spec.safety_variants]
+    if aligned.empty:
+        return pd.DataFrame(columns=["model", "method", "lambda", "n"])
+    return _estimate_columns(aligned.groupby(["model", "method", "lambda"], sort=False), columns)
+
+
+def write_alignment_cost(states: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
+    """`alignment_cost.csv` and `alignment_cost.md`: the helpfulness and task cost of each alignment method
+    against its base model, beside the safety it bought."""
+    cost = alignment_cost(sort_states(states), spec)
+    sections = ["# What alignment cost", "",
+                "Each aligned model's benign and task metrics minus its base model's (delta_*; negative: "
+                "alignment lost some), and its safety metric, mean ± 95% CI over the n alignment seeds.", ""]
+    base = states[states["stage"] == "base"]
+    for row in base.itertuples(index=False):
+        values = ", ".join(f"{m} {fmt(getattr(row, m))}" for m in [*spec.safety_variants, *spec.on_set("benign"),
+                                                                   *spec.on_set("task")])
+        sections += [f"Base model {row.model}: {values}.", ""]
+    if cost.empty:
+        sections.append("No aligned states.")
+    else:
+        table = cost[["model", "method", "n"]].astype(str)
+        for column in [c[:-5] for c in cost.columns if c.endswith("_mean")]:
+            table[column] = _cells(cost, column)
+        sections.append(markdown(table))
+    return _write(out_dir, "alignment_cost", cost, "\n".join(sections))
