@@ -215,17 +215,21 @@ def test_every_output_is_complete(study):
         assert curves["align_seed"] == 0 and curves["seed"] == 0
     summary = (results / "report" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + len(STATES)
-    for png in ("refusal_curves.png", "safety_vs_lambda.png"):
+    for png in ("refusal_curves.png", "safety_vs_lambda.png", "refusal_vs_kl.png", "refusal_vs_task.png"):
         assert (results / "report" / png).stat().st_size > 10_000
+    for table in ("safety_at_kl", "alignment_cost"):
+        assert (results / "report" / f"{table}.md").read_text().count("|") > 10
 
 
 @pytest.mark.slow
 def test_html_report_embeds_tables_plots_and_captions(study):
     snakemake("--report", "report.html", "--configfile", str(E2E), "--replace-workflow-config", cwd=study)
     html = (study / "report.html").read_text()
-    for name in ("summary.md", "refusal_curves.png", "safety_vs_lambda.png"):
+    for name in ("summary.md", "refusal_curves.png", "safety_vs_lambda.png", "safety_at_kl.md", "alignment_cost.md",
+                 "refusal_vs_kl.png", "refusal_vs_task.png"):
         assert name in html
-    for caption in ("workflow.rst", "summary.rst", "refusal_curves.rst", "safety_vs_lambda.rst"):
+    for caption in ("workflow.rst", "summary.rst", "refusal_curves.rst", "safety_vs_lambda.rst", "safety_at_kl.rst",
+                    "alignment_cost.rst", "refusal_vs_kl.rst", "refusal_vs_task.rst"):
         first_words = " ".join((ROOT / "workflow" / "report" / caption).read_text().split()[:4])
         assert first_words in html, f"caption of {caption} is missing from the report"
 
