@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from frpo_workflow import curves
 from frpo_workflow import evaluate as ev
-from frpo_workflow.evaluate import CurveCallback, evaluate_model, read_metrics, sequence_kl, write_metrics
+from frpo_workflow.curves import CurveCallback
+from frpo_workflow.evaluate import evaluate_model, read_metrics, sequence_kl, write_metrics
 from frpo_workflow.generation import chat_prompts, generate, generate_ids
 from frpo_workflow.metrics import DEFAULT_METRICS
 from frpo_workflow.prompts import prompt_length, truncate_prompts
@@ -232,7 +234,7 @@ def test_curve_callback_records_points_during_training(tokenizer, tmp_path, max_
 def test_curve_callback_resumes_its_curve_and_stays_off_other_processes(tmp_path, monkeypatch):
     from transformers import TrainerControl, TrainerState
 
-    monkeypatch.setattr(ev, "evaluate_model", lambda model, tokenizer, sets, **kw: {"score": 1.0})
+    monkeypatch.setattr(curves, "evaluate_model", lambda model, tokenizer, sets, **kw: {"score": 1.0})
     out = tmp_path / "curve.json"
     write_metrics(out, {"points": [{"step": s, "score": 0.0} for s in (0, 2, 4)]})  # left by an interrupted run
     callback = CurveCallback(None, {}, out, every_k_steps=2)

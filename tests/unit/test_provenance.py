@@ -106,3 +106,13 @@ def test_module_hash_covers_what_a_cli_imports_and_nothing_else(tmp_path, monkey
     provenance._imports.cache_clear()
     assert provenance.module_sha256("cli.data") != after["cli.data"]  # lazily imported by the mapping
     provenance._imports.cache_clear()
+    # The fine-tune's curves run evaluate's code; the evaluate job never runs the curves' callback.
+    before = {m: provenance.module_sha256(m) for m in ("cli.finetune", "cli.evaluate")}
+    (package / "curves.py").write_text((package / "curves.py").read_text() + "\n# changed\n")
+    provenance._imports.cache_clear()
+    assert provenance.module_sha256("cli.finetune") != before["cli.finetune"]
+    assert provenance.module_sha256("cli.evaluate") == before["cli.evaluate"]
+    (package / "evaluate.py").write_text((package / "evaluate.py").read_text() + "\n# changed\n")
+    provenance._imports.cache_clear()
+    assert all(provenance.module_sha256(m) != h for m, h in before.items())
+    provenance._imports.cache_clear()

@@ -16,9 +16,9 @@ import random
 from pathlib import Path
 
 from ..base_model import load_model_and_tokenizer
+from ..curves import CurveCallback
 from ..data.loaders import read_dataset
 from ..devices import check_devices
-from ..evaluate import CurveCallback
 from ..prompts import truncate_prompts
 from ..tracking import MlflowMetricsCallback, ProgressCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation, run_sft, sft_config
