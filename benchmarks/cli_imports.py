@@ -97,7 +97,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--top", type=int, default=6, help="top imports listed per CLI (0: none)")
     p.add_argument("--cli", nargs="+", default=CLIS, choices=CLIS)
-    p.add_argument("--src", type=Path, default=SRC[0], help="the folder holding frpo_workflow (default: this checkout's)")
+    p.add_argument("--src", type=Path, default=SRC[0],
+                   help="the folder holding frpo_workflow (default: this checkout's)")
     args = p.parse_args()
     SRC[0] = args.src.resolve()
     rows = [(label, code) for label, code in REFERENCES.items()]
