@@ -1,4 +1,4 @@
-# Stage "align": GRPO and FRPO (one job per λ) from each base model, launched with accelerate.
+# Stage "align": GRPO and FRPO (one job per λ and alignment seed) from each base model; multi-process topologies launch with accelerate.
 
 
 rule align:
@@ -24,8 +24,8 @@ rule align:
     params:
         spec=align_spec,
         job=lambda wc: job_json("align", wc),
-        accelerate=accelerate_args(),
+        launch=launcher(),
         checkpoints=side("checkpoints", paths.ALIGNED),
     shell:
-        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
+        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} {params.launch} -m frpo_workflow.cli.align --spec {params.spec:q} --job {params.job:q}"
         f" --model {{input.model}} --data {{input.data}} --checkpoints {{params.checkpoints}} --out {{output}} > {{log}} 2>&1 || {{{{ grep -h 'JOB FAILED:' {{log}} | tail -1 >> {{log}}; exit 1; }}}} # code {code('cli.align')}"

@@ -114,11 +114,15 @@ envvars:
     "FRPO_ACCELERATE_DIR",
 
 
-def accelerate_args(family="train"):
-    """`<topology>.yaml --num_processes N` for `accelerate launch --config_file $FRPO_ACCELERATE_DIR/...`."""
+def launcher(family="train"):
+    """How a training CLI starts: `accelerate launch --config_file ... --num_processes N`, or plain `python`
+    for the one-process CPU topology, where accelerate's launcher adds ~2 s to every job and nothing else
+    (train.py sets use_cpu itself)."""
     launch = config["launch"]
     n = launch["num_processes"] or max(1, config["resources"][family]["gpu"])
-    return f"{launch['accelerate_config']}.yaml --num_processes {n}"
+    if launch["accelerate_config"] == "cpu":
+        return "python"
+    return f"accelerate launch --config_file $FRPO_ACCELERATE_DIR/{launch['accelerate_config']}.yaml --num_processes {n}"
 
 
 def code(module):

@@ -25,10 +25,10 @@ rule finetune:
     params:
         spec=finetune_spec,
         job=lambda wc: job_json("finetune", wc),
-        accelerate=accelerate_args(),
+        launch=launcher(),
         checkpoints=side("checkpoints", paths.FINETUNED),
         curve_sets=named_dirs("--eval-data", curve_set_dirs()),
     shell:
-        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} accelerate launch --config_file $FRPO_ACCELERATE_DIR/{params.accelerate} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
+        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} {params.launch} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
         " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
         f" --out {{output}} > {{log}} 2>&1 || {{{{ grep -h 'JOB FAILED:' {{log}} | tail -1 >> {{log}}; exit 1; }}}} # code {code('cli.finetune')}"
