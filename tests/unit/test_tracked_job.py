@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from frpo_workflow.cli import report
 from frpo_workflow.cli.common import run_name, tracked_job
+from frpo_workflow.metrics import DEFAULT_METRICS
 from frpo_workflow.provenance import read_provenance
 from frpo_workflow.tracking import tracking_uri
 
@@ -72,23 +73,22 @@ def test_report_lists_its_inputs_in_provenance_and_in_its_run(tmp_path):
         "finetuned/tiny/grpo/sft/seed0": {"stage": "finetuned", "method": "grpo", "lambda": None, "regime": "sft",
                                           "seed": 0},
     }
-    files, run_ids = [], {}
+    files, curves, run_ids = [], [], {}
     for state, record in states.items():
         with tracked_job(args(results, f"eval/{state}", "evaluate"), inputs={}) as (run, _, out, _):
             files.append(_write(out / "metrics.json", {**record, "model": "tiny", "metrics": metrics}))
+            if record["stage"] == "finetuned":  # the fine-tune's curves, kept with its evaluation
+                points = [{"step": s, **metrics, "kl_to_reference": 0.1 * s, "kl_to_reference_per_token": 0.01 * s}
+                          for s in (0, 1, 2)]
+                curves.append(_write(out / "curves.json", {**record, "model": "tiny", "points": points}))
         run_ids[f"eval/{state}"] = run.run_id
-    finetuned = results / "finetuned/tiny/grpo/sft/seed0"
-    with tracked_job(args(results, "finetuned/tiny/grpo/sft/seed0", "finetune"), inputs={}) as (run, _, out, _):
-        points = [{"step": s, "harmful_refusal_rate": 0.9 - 0.1 * s} for s in (0, 1, 2)]
-        _write(out / "curves.json", {**states["finetuned/tiny/grpo/sft/seed0"], "model": "tiny", "points": points})
-    run_ids["finetuned"] = run.run_id
 
     a = args(results, "report", "report")
-    report.main(["--spec", a.spec, "--job", a.job, "--out", a.out, "--metrics", *files,
-                 "--finetuned", str(finetuned)])
+    spec = json.dumps({"metrics": DEFAULT_METRICS, "sampled": {}, "kl_levels": [0.1]})
+    report.main(["--spec", spec, "--job", a.job, "--out", a.out, "--metrics", *files, "--curves", *curves])
 
     record = read_provenance(results / "report")
-    assert set(record["inputs"]) == {*files, str(finetuned / "curves.json")}
+    assert set(record["inputs"]) == {*files, *curves}
     assert all(len(i["sha256"]) == 64 for i in record["inputs"].values())
     got = MlflowClient(tracking_uri(results)).get_run(record["mlflow_run_id"])
     assert got.info.run_name == "report"
