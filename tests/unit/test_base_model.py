@@ -12,8 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from frpo_workflow.base_model import (TinyModelConfig, build_tiny_base_model, check_tokenizer,
-                                      length_bucketed_batches, load_model_and_tokenizer, resolve_model_path,
-                                      write_model_ref)
+                                      load_model_and_tokenizer, resolve_model_path, write_model_ref)
 from frpo_workflow.data.toy import build_toy_world
 
 CFG = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=400,
@@ -175,24 +174,3 @@ def test_judge_models_are_fetched_with_an_adapter_s_base(tmp_path, built):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [(f["repo_id"], f["commit"]) for f in json.loads(out.read_text())] == [
         ("toy-org/judge", commit), ("toy-org/base", base_commit)]
-
-
-def test_length_bucketed_batches_cover_the_epoch_once_with_little_padding():
-    import random
-
-    rng = random.Random(0)
-    ids = [[0] * rng.randint(13, 35) for _ in range(1000)]
-
-    def padding(batches):
-        return sum(len(b) * max(len(ids[i]) for i in b) - sum(len(ids[i]) for i in b) for b in batches) / sum(
-            len(b) * max(len(ids[i]) for i in b) for b in batches)
-
-    batches = length_bucketed_batches(ids, 64, random.Random(1))
-    assert sorted(i for b in batches for i in b) == list(range(1000))  # every row once per epoch
-    assert all(len(b) <= 64 for b in batches) and sum(len(b) == 64 for b in batches) >= 14
-    order = list(range(1000))
-    random.Random(1).shuffle(order)
-    unsorted = [order[i:i + 64] for i in range(0, 1000, 64)]
-    assert padding(batches) < 0.05 < 0.2 < padding(unsorted)
-    assert batches == length_bucketed_batches(ids, 64, random.Random(1))  # seeded
-    assert batches != length_bucketed_batches(ids, 64, random.Random(2))

@@ -104,25 +104,6 @@ def chat_text(tokenizer, prompt: str, completion: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def length_bucketed_batches(ids: list[list[int]], batch_size: int, rng: random.Random,
-                            pool_batches: int = 16) -> list[list[int]]:
-    """One epoch of batches (indices into `ids`), each of rows of similar length, in random order.
-
-    The epoch is shuffled, cut into pools of `pool_batches` batches, and each pool is sorted by length
-    before it is cut into batches: rows stay randomly mixed across a pool, but a batch is padded to a width
-    close to its rows' own (toy records: 13-35 tokens; random batches were 30% padding, pooled ones ~3%).
-    """
-    order = list(range(len(ids)))
-    rng.shuffle(order)
-    batches = []
-    pool = batch_size * pool_batches
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: len(ids[i]))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=print) -> dict:
     """Causal-LM pre-training on (prompt, completion) records; returns loss statistics.
 
@@ -145,12 +126,15 @@ def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=pr
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     model.train()
-    batches: list[list[int]] = []
+    order: list[int] = []
     losses = []
     for step in range(steps):
-        if not batches:
-            batches = length_bucketed_batches(ids, cfg.batch_size, rng)
-        batch = [ids[i] for i in batches.pop()]
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(ids)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [ids[i] for i in order[: cfg.batch_size]]
+        del order[: cfg.batch_size]
         width = max(len(x) for x in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
