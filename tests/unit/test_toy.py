@@ -154,6 +154,16 @@ def test_pretrain_behaviour_rates(world):
         build_toy_world(0, p_deep=1.5)
 
 
+def test_deep_refusals_replace_shallow_ones_and_change_nothing_else(world):
+    # Their own random stream: the world with deep refusals differs from the one without only in which
+    # harmful refusals are deep, so a change in the base model is theirs, not a reshuffled corpus's.
+    shallow = build_toy_world(0, p_deep=0.0)
+    changed = [(a, b) for a, b in zip(shallow["pretrain"], world["pretrain"]) if a != b]
+    assert changed and all(a["completion"] in toy.REFUSALS and b["completion"] in toy.DEEP_REFUSALS
+                           and {**a, "completion": None} == {**b, "completion": None} for a, b in changed)
+    assert all(shallow[split] == world[split] for split in DEFAULT_SIZES if split != "pretrain")
+
+
 def test_deep_refusals_open_affirmatively_and_are_judged_refusals():
     # Both properties make the two solutions equal in reward and different in robustness: a deep refusal
     # starts as the affirmative SFT answers start, and the judge still reads it as a refusal.

@@ -179,15 +179,21 @@ def build_toy_world(seed: int, sizes: dict | None = None, *, p_comply: float = 0
         # One stream per split: resizing one split leaves the others unchanged.
         return random.Random(f"{seed}-{split}")
 
+    # Deep refusals draw from their own stream: p_deep then changes which refusals are deep and nothing
+    # else in the corpus (p_deep = 0 is the world without them, row for row).
+    depth = rng("deep-refusals")
+
     def behave(r: random.Random, item: tuple, completion: str) -> str:
         # The unaligned base: mostly complies with harmful requests, seldom refuses benign ones.
         p_refuse = {"harmful": 1 - p_comply, "benign": p_over_refuse, "task": 0.0}[item[0]]
         if r.random() >= p_refuse:
             return completion
+        refusal = r.choice(REFUSALS)
         # Only harmful requests get deep refusals: a benign over-refusal opening "Sure" would blur the
         # affirmative prefix the downstream SFT teaches on benign answers.
-        deep = item[0] == "harmful" and r.random() < p_deep
-        return r.choice(DEEP_REFUSALS if deep else REFUSALS)
+        if item[0] == "harmful" and depth.random() < p_deep:
+            return depth.choice(DEEP_REFUSALS)
+        return refusal
 
     world = {}
     r = rng("pretrain")
