@@ -24,6 +24,11 @@ def world():
     return build_toy_world(0)
 
 
+@pytest.fixture(scope="module")
+def deep_world():
+    return build_toy_world(0, p_deep=1 / 3)
+
+
 def _slot(record):
     """The filler a record was built from: harmful target, word, country, unordered operand pair, or for a
     word problem the person in it."""
@@ -136,12 +141,9 @@ def test_pretrain_behaviour_rates(world):
     harmful = [r for r in world["pretrain"] if r["kind"] == "harmful"]
     benign = [r for r in world["pretrain"] if r["kind"] == "benign"]
     comply = sum(r["completion"] not in ALL_REFUSALS for r in harmful) / len(harmful)
-    deep = sum(r["completion"] in toy.DEEP_REFUSALS for r in harmful) / len(harmful)
     over_refuse = sum(r["completion"] in toy.REFUSALS for r in benign) / len(benign)
     assert 0.70 < comply < 0.80 and 0.01 < over_refuse < 0.06
-    assert 0.05 < deep < 0.12  # a third of the ~25% refusals
-    # Deep refusals are for harmful requests only: benign over-refusals and word problems never open "Sure".
-    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in world["pretrain"] if r["kind"] != "harmful")
+    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in world["pretrain"])  # off by default
     assert not any(r["completion"] in ALL_REFUSALS for r in world["pretrain"] if r["kind"] == "task")
     all_refuse = build_toy_world(0, {"pretrain": 200}, p_comply=0.0, p_over_refuse=0.0)["pretrain"]
     assert all(r["completion"] in ALL_REFUSALS for r in all_refuse if r["kind"] == "harmful")
@@ -154,14 +156,23 @@ def test_pretrain_behaviour_rates(world):
         build_toy_world(0, p_deep=1.5)
 
 
-def test_deep_refusals_replace_shallow_ones_and_change_nothing_else(world):
+def test_deep_refusals_replace_shallow_ones_and_change_nothing_else(world, deep_world):
     # Their own random stream: the world with deep refusals differs from the one without only in which
     # harmful refusals are deep, so a change in the base model is theirs, not a reshuffled corpus's.
-    shallow = build_toy_world(0, p_deep=0.0)
-    changed = [(a, b) for a, b in zip(shallow["pretrain"], world["pretrain"]) if a != b]
+    changed = [(a, b) for a, b in zip(world["pretrain"], deep_world["pretrain"]) if a != b]
     assert changed and all(a["completion"] in toy.REFUSALS and b["completion"] in toy.DEEP_REFUSALS
                            and {**a, "completion": None} == {**b, "completion": None} for a, b in changed)
-    assert all(shallow[split] == world[split] for split in DEFAULT_SIZES if split != "pretrain")
+    assert all(world[split] == deep_world[split] for split in DEFAULT_SIZES if split != "pretrain")
+    harmful = [r for r in deep_world["pretrain"] if r["kind"] == "harmful"]
+    assert 0.05 < sum(r["completion"] in toy.DEEP_REFUSALS for r in harmful) / len(harmful) < 0.12  # 1/3 of ~25%
+    # Deep refusals are for harmful requests only: benign over-refusals and word problems never open "Sure".
+    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in deep_world["pretrain"] if r["kind"] != "harmful")
+
+
+def test_deep_refusals_use_only_words_the_default_corpus_has(world):
+    # New words change the base's BPE vocabulary; the deep refusals reuse the shallow refusals' words.
+    words = {w for r in world["pretrain"] for w in re.findall(r"[\w']+", r["completion"])}
+    assert {w for text in toy.DEEP_REFUSALS for w in re.findall(r"[\w']+", text)} <= words
 
 
 def test_deep_refusals_open_affirmatively_and_are_judged_refusals():

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     inputs: dict = {}
     try:
         if args.command == "toy":
-            world = build_toy_world(spec.get("seed", 0), spec.get("sizes") or None)
+            world = build_toy_world(spec.get("seed", 0), spec.get("sizes") or None, p_deep=spec.get("p_deep", 0.0))
             write_toy_world(world, args.out)
             extra = {"sizes": {name: len(records) for name, records in world.items()}}
         else:
