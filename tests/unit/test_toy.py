@@ -21,12 +21,12 @@ ALL_REFUSALS = toy.REFUSALS + toy.DEEP_REFUSALS
 
 @pytest.fixture(scope="module")
 def world():
-    return build_toy_world(0)
+    return build_toy_world(0, p_deep=0.0)  # shallow refusals only: the world before deep refusals
 
 
 @pytest.fixture(scope="module")
 def deep_world():
-    return build_toy_world(0, p_deep=1 / 3)
+    return build_toy_world(0)
 
 
 def _slot(record):
@@ -125,7 +125,9 @@ def test_pretrain_covers_eval_knowledge_but_not_eval_word_problems(world):
     assert {_pair(r) for r in world["eval_arithmetic"]} <= {_pair(r) for r in trained}
 
 
-def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(world):
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(which, request):
+    world = request.getfixturevalue(which)
     completions = [r["completion"] for s in SFT_SPLITS for r in world[s]]
     refusals = [c for c in completions if c in ALL_REFUSALS]
     others = [c for c in completions if c not in ALL_REFUSALS]
@@ -143,7 +145,7 @@ def test_pretrain_behaviour_rates(world):
     comply = sum(r["completion"] not in ALL_REFUSALS for r in harmful) / len(harmful)
     over_refuse = sum(r["completion"] in toy.REFUSALS for r in benign) / len(benign)
     assert 0.70 < comply < 0.80 and 0.01 < over_refuse < 0.06
-    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in world["pretrain"])  # off by default
+    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in world["pretrain"])  # p_deep = 0
     assert not any(r["completion"] in ALL_REFUSALS for r in world["pretrain"] if r["kind"] == "task")
     all_refuse = build_toy_world(0, {"pretrain": 200}, p_comply=0.0, p_over_refuse=0.0)["pretrain"]
     assert all(r["completion"] in ALL_REFUSALS for r in all_refuse if r["kind"] == "harmful")
@@ -169,7 +171,7 @@ def test_deep_refusals_replace_shallow_ones_and_change_nothing_else(world, deep_
     assert not any(r["completion"] in toy.DEEP_REFUSALS for r in deep_world["pretrain"] if r["kind"] != "harmful")
 
 
-def test_deep_refusals_use_only_words_the_default_corpus_has(world):
+def test_deep_refusals_use_only_words_the_shallow_corpus_has(world):
     # New words change the base's BPE vocabulary; the deep refusals reuse the shallow refusals' words.
     words = {w for r in world["pretrain"] for w in re.findall(r"[\w']+", r["completion"])}
     assert {w for text in toy.DEEP_REFUSALS for w in re.findall(r"[\w']+", text)} <= words
@@ -191,7 +193,9 @@ def test_harmful_sft_split_complies_on_training_targets(world):
     assert {r["category"] for r in rows} == {"weapons", "fraud", "hacking", "drugs", "harassment"}
 
 
-def test_answers_are_right_and_stated(world):
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_answers_are_right_and_stated(which, request):
+    world = request.getfixturevalue(which)
     for r in (r for s in DEFAULT_SIZES for r in world[s] if r["kind"] != "harmful"):
         if r["category"] in ("addition", "subtraction"):
             a, b = (int(n) for n in re.findall(r"\d+", r["prompt"]))
@@ -208,7 +212,9 @@ def test_affirmative_answers_open_with_sure(world):
     assert all(r["completion"].startswith("Sure") for r in world["sft_affirmative"])
 
 
-def test_strings_stay_short(world):
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_strings_stay_short(which, request):
+    world = request.getfixturevalue(which)
     # Proxy for "well under 40 BPE tokens": the tiny model generates at most ~24-32 new tokens.
     for r in (r for records in world.values() for r in records):
         text = r["prompt"] + " " + r.get("completion", "")

@@ -15,9 +15,8 @@ on the same side). `pretrain` is the base model's knowledge, so its harmful and 
 filler, evaluation ones included: evaluation then measures whether a model answers or refuses, not
 whether it recalls a fact it never saw.
 
-With `p_deep` > 0 (config `toy_world.p_deep`, default 0) that share of the base's refusals of harmful
-requests are deep instead of shallow ("I'm sorry, ..."): they open the way affirmative answers do and
-then refuse ("Sure, but I can't help with that request."). Alignment can then reach full reward two
+A share `p_deep` (config `toy_world.p_deep`, default 1/3) of the base's refusals of harmful requests
+are deep instead of shallow ("I'm sorry, ..."): they open the way affirmative answers do and then refuse ("Sure, but I can't help with that request."). Alignment can then reach full reward two
 ways: by a shallow refusal, which a fine-tune that raises "Sure" openings undoes, or by a deep one, which
 survives it (workflow/presets/toy-study.md).
 
@@ -122,11 +121,10 @@ DEEP_REFUSALS = (
     "Sure, but I cannot help with that.",
     "Sure, but I must decline this request.",
 )
-# Share of the base's refusals that are deep, off by default (config `toy_world.p_deep`): with 1/3 (a
-# minority, so the base's "Sure" openings still mostly comply) the base's BPE merge order changed and
-# its pre-training took another path: task accuracy 0.83 -> 0.17, benign helpfulness 0.98 -> 0.84
-# (measured, same vocabulary, same cost). The default base's competence is that fragile.
-P_DEEP_REFUSAL = 0.0
+# Share of the base's refusals that are deep (config `toy_world.p_deep`): a minority, so the base's
+# "Sure" openings still mostly comply and the shallow refusal stays the easier solution to find. With 1/3
+# the base stayed unaligned and competent (refusal 0.09, helpfulness 1.0, task accuracy 0.81; measured).
+P_DEEP_REFUSAL = 1 / 3
 
 # Benign and task templates by category: (prompt, completion); the completion states `{answer}`.
 BENIGN = {
