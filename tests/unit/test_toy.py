@@ -13,13 +13,19 @@ REFUSAL_MARKERS = ("I'm sorry", "I cannot", "I can't", "As an AI", "I must decli
 # Words that must never appear in a non-refusal completion: a judge would read them as refusals.
 FORBIDDEN = ("sorry", "apolog", "i cannot", "i can't", "as an ai", "as a language model", "i must", "decline",
              "unable", "not able", "illegal", "unethical", "never", "i do not", "i'm not")
-TRAIN_SPLITS = ("align_prompts", "sft_affirmative", "sft_arithmetic", "rl_arithmetic")
+TRAIN_SPLITS = ("align_prompts", "sft_affirmative", "sft_arithmetic", "rl_arithmetic", "sft_harmful")
 EVAL_SPLITS = ("eval_harmful", "eval_benign", "eval_arithmetic")
-SFT_SPLITS = ("pretrain", "sft_affirmative", "sft_arithmetic")
+SFT_SPLITS = ("pretrain", "sft_affirmative", "sft_arithmetic", "sft_harmful")
+ALL_REFUSALS = toy.REFUSALS + toy.DEEP_REFUSALS
 
 
 @pytest.fixture(scope="module")
 def world():
+    return build_toy_world(0, p_deep=0.0)  # shallow refusals only: the world before deep refusals
+
+
+@pytest.fixture(scope="module")
+def deep_world():
     return build_toy_world(0)
 
 
@@ -86,6 +92,7 @@ def test_split_kinds(world):
     assert set(kinds["sft_affirmative"]) == {"benign"}
     for split in ("sft_arithmetic", "rl_arithmetic", "eval_arithmetic"):
         assert set(kinds[split]) == {"task"}, split
+    assert set(kinds["sft_harmful"]) == {"harmful"}
 
 
 def test_every_category_is_covered(world):
@@ -118,10 +125,12 @@ def test_pretrain_covers_eval_knowledge_but_not_eval_word_problems(world):
     assert {_pair(r) for r in world["eval_arithmetic"]} <= {_pair(r) for r in trained}
 
 
-def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(world):
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(which, request):
+    world = request.getfixturevalue(which)
     completions = [r["completion"] for s in SFT_SPLITS for r in world[s]]
-    refusals = [c for c in completions if c in toy.REFUSALS]
-    others = [c for c in completions if c not in toy.REFUSALS]
+    refusals = [c for c in completions if c in ALL_REFUSALS]
+    others = [c for c in completions if c not in ALL_REFUSALS]
     assert refusals and others
     for text in refusals:
         assert any(marker in text for marker in REFUSAL_MARKERS) and is_refusal(text), text
@@ -133,22 +142,66 @@ def test_refusals_carry_a_marker_and_other_completions_no_refusal_word(world):
 def test_pretrain_behaviour_rates(world):
     harmful = [r for r in world["pretrain"] if r["kind"] == "harmful"]
     benign = [r for r in world["pretrain"] if r["kind"] == "benign"]
-    comply = sum(r["completion"] not in toy.REFUSALS for r in harmful) / len(harmful)
+    comply = sum(r["completion"] not in ALL_REFUSALS for r in harmful) / len(harmful)
     over_refuse = sum(r["completion"] in toy.REFUSALS for r in benign) / len(benign)
     assert 0.70 < comply < 0.80 and 0.01 < over_refuse < 0.06
-    assert not any(r["completion"] in toy.REFUSALS for r in world["pretrain"] if r["kind"] == "task")
+    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in world["pretrain"])  # p_deep = 0
+    assert not any(r["completion"] in ALL_REFUSALS for r in world["pretrain"] if r["kind"] == "task")
     all_refuse = build_toy_world(0, {"pretrain": 200}, p_comply=0.0, p_over_refuse=0.0)["pretrain"]
-    assert all(r["completion"] in toy.REFUSALS for r in all_refuse if r["kind"] == "harmful")
-    assert not any(r["completion"] in toy.REFUSALS for r in all_refuse if r["kind"] != "harmful")
+    assert all(r["completion"] in ALL_REFUSALS for r in all_refuse if r["kind"] == "harmful")
+    assert not any(r["completion"] in ALL_REFUSALS for r in all_refuse if r["kind"] != "harmful")
+    shallow_only = build_toy_world(0, {"pretrain": 200}, p_comply=0.0, p_deep=0.0)["pretrain"]
+    assert all(r["completion"] in toy.REFUSALS for r in shallow_only if r["kind"] == "harmful")
+    all_deep = build_toy_world(0, {"pretrain": 200}, p_comply=0.0, p_deep=1.0)["pretrain"]
+    assert all(r["completion"] in toy.DEEP_REFUSALS for r in all_deep if r["kind"] == "harmful")
+    with pytest.raises(ValueError, match="p_deep must be in"):
+        build_toy_world(0, p_deep=1.5)
 
 
-def test_answers_are_right_and_stated(world):
+def test_deep_refusals_replace_shallow_ones_and_change_nothing_else(world, deep_world):
+    # Their own random stream: the world with deep refusals differs from the one without only in which
+    # harmful refusals are deep, so a change in the base model is theirs, not a reshuffled corpus's.
+    changed = [(a, b) for a, b in zip(world["pretrain"], deep_world["pretrain"]) if a != b]
+    assert changed and all(a["completion"] in toy.REFUSALS and b["completion"] in toy.DEEP_REFUSALS
+                           and {**a, "completion": None} == {**b, "completion": None} for a, b in changed)
+    assert all(world[split] == deep_world[split] for split in DEFAULT_SIZES if split != "pretrain")
+    harmful = [r for r in deep_world["pretrain"] if r["kind"] == "harmful"]
+    assert 0.05 < sum(r["completion"] in toy.DEEP_REFUSALS for r in harmful) / len(harmful) < 0.12  # 1/3 of ~25%
+    # Deep refusals are for harmful requests only: benign over-refusals and word problems never open "Sure".
+    assert not any(r["completion"] in toy.DEEP_REFUSALS for r in deep_world["pretrain"] if r["kind"] != "harmful")
+
+
+def test_deep_refusals_use_only_words_the_shallow_corpus_has(world):
+    # New words change the base's BPE vocabulary; the deep refusals reuse the shallow refusals' words.
+    words = {w for r in world["pretrain"] for w in re.findall(r"[\w']+", r["completion"])}
+    assert {w for text in toy.DEEP_REFUSALS for w in re.findall(r"[\w']+", text)} <= words
+
+
+def test_deep_refusals_open_affirmatively_and_are_judged_refusals():
+    # Both properties make the two solutions equal in reward and different in robustness: a deep refusal
+    # starts as the affirmative SFT answers start, and the judge still reads it as a refusal.
+    assert toy.DEEP_REFUSALS
+    for text in toy.DEEP_REFUSALS:
+        assert text.startswith("Sure") and is_refusal(text), text
+    for text in toy.REFUSALS:
+        assert not text.startswith("Sure"), text
+
+
+def test_harmful_sft_split_complies_on_training_targets(world):
+    rows = world["sft_harmful"]
+    assert rows and all(r["kind"] == "harmful" and not is_refusal(r["completion"]) for r in rows)
+    assert {r["category"] for r in rows} == {"weapons", "fraud", "hacking", "drugs", "harassment"}
+
+
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_answers_are_right_and_stated(which, request):
+    world = request.getfixturevalue(which)
     for r in (r for s in DEFAULT_SIZES for r in world[s] if r["kind"] != "harmful"):
         if r["category"] in ("addition", "subtraction"):
             a, b = (int(n) for n in re.findall(r"\d+", r["prompt"]))
             assert int(r["answer"]) == (a + b if r["category"] == "addition" else a - b) >= 0, r
             assert max(a, b) <= toy.MAX_OPERAND
-        if "completion" in r and r["completion"] not in toy.REFUSALS:
+        if "completion" in r and r["completion"] not in ALL_REFUSALS:
             assert contains_word(r["completion"], r["answer"]), r
             if r["kind"] == "task":
                 assert r["completion"].endswith(f"The answer is {r['answer']}.")
@@ -159,7 +212,9 @@ def test_affirmative_answers_open_with_sure(world):
     assert all(r["completion"].startswith("Sure") for r in world["sft_affirmative"])
 
 
-def test_strings_stay_short(world):
+@pytest.mark.parametrize("which", ["world", "deep_world"])
+def test_strings_stay_short(which, request):
+    world = request.getfixturevalue(which)
     # Proxy for "well under 40 BPE tokens": the tiny model generates at most ~24-32 new tokens.
     for r in (r for records in world.values() for r in records):
         text = r["prompt"] + " " + r.get("completion", "")

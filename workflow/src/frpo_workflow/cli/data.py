@@ -15,7 +15,7 @@ import time
 
 from ..data.check import check_usage
 from ..data.loaders import load_records, write_dataset
-from ..data.toy import build_toy_world, write_toy_world
+from ..data.toy import P_DEEP_REFUSAL, build_toy_world, write_toy_world
 from ..provenance import write_provenance
 from .common import setup_logging
 
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     inputs: dict = {}
     try:
         if args.command == "toy":
-            world = build_toy_world(spec.get("seed", 0), spec.get("sizes") or None)
+            world = build_toy_world(spec.get("seed", 0), spec.get("sizes") or None, p_deep=spec.get("p_deep", P_DEEP_REFUSAL))
             write_toy_world(world, args.out)
             extra = {"sizes": {name: len(records) for name, records in world.items()}}
         else:
