@@ -145,33 +145,51 @@ def test_summary_aggregates_runs_with_a_t_interval(study, tmp_path):
     csv_path, md_path = write_summary(df, SPEC, tmp_path / "report")
     assert pd.read_csv(csv_path)["state"].tolist() == df["state"].tolist()
     md = md_path.read_text()
-    ft = df[(df["method"] == "frpo-l0.3") & (df["regime"] == "sft-affirmative")]["harmful_refusal_rate"]
-    half = 2.5706 * ft.std(ddof=1) / math.sqrt(6)  # six runs: t(0.975, 5)
-    assert f"| tiny | frpo-l0.3 | sft-affirmative | 6 | {ft.mean():.3f} ± {half:.3f} |" in md
+    ft = df[(df["method"] == "frpo-l0.3") & (df["regime"] == "sft-affirmative")]
+    # Six runs over three alignment seeds: each seed's two runs averaged, then t(0.975, 2) over the seeds.
+    per_seed = ft.groupby("align_seed")["harmful_refusal_rate"].mean()
+    half = 4.3027 * per_seed.std(ddof=1) / math.sqrt(3)
+    assert f"| tiny | frpo-l0.3 | sft-affirmative | 6 | alignment seeds | {per_seed.mean():.3f} ± {half:.3f} |" in md
     one_run = write_summary(collect(study_tree(tmp_path / "one", (0,), (0,))[0], SPEC), SPEC, tmp_path / "r1")[1]
-    assert "| tiny | grpo | rl-arithmetic | 1 | 0." in one_run.read_text()
-    assert " ± " not in one_run.read_text().split("over n runs")[1]  # one run: no fake interval
+    assert "| tiny | grpo | rl-arithmetic | 1 | runs | 0." in one_run.read_text()
+    assert " ± " not in one_run.read_text().split("one shows its value alone.")[1]  # one run: no fake interval
 
 
 def test_safety_at_kl_levels_has_known_values(study, tmp_path):
     points = load_curves(study[1], SPEC)
     table = safety_at_kl(points, SPEC).set_index(["regime", "method", "metric", "kl"])
     # Every run's refusal is aligned · exp(−KL / scale): at KL 2 for FRPO λ=1 (scale 5), over align seeds
-    # 0, 1, 2 (aligned 0.95, 0.94, 0.93), two downstream seeds each.
+    # 0, 1, 2 (aligned 0.95, 0.94, 0.93), two downstream seeds each: a seed's two runs read the same value,
+    # and the interval is over the three seeds, t(0.975, 2).
     row = table.loc[("sft-affirmative", "frpo-l1", "harmful_refusal_rate", 2.0)]
-    values = np.repeat([0.95, 0.94, 0.93], 2) * math.exp(-2 / 5)
-    assert row["n"] == 6 and row["mean"] == pytest.approx(values.mean(), abs=2e-3)  # linear between steps
-    assert row["ci95"] == pytest.approx(2.5706 * values.std(ddof=1) / math.sqrt(6), rel=0.05)
+    seeds = np.array([0.95, 0.94, 0.93]) * math.exp(-2 / 5)
+    assert row["n"] == 3 and row["units"] == "alignment seeds" and row["runs_reaching"] == 6
+    assert row["mean"] == pytest.approx(seeds.mean(), abs=2e-3)  # linear between steps
+    assert row["ci95"] == pytest.approx(4.3027 * seeds.std(ddof=1) / math.sqrt(3), rel=0.05)
+    # Against GRPO (scale 1.5) at KL 2: the seeds' means differ by 0.94 · (e^(−2/5) − e^(−2/1.5)).
+    assert row["diff"] == pytest.approx(0.94 * (math.exp(-2 / 5) - math.exp(-2 / 1.5)), abs=1e-2)  # linear reads
+    assert 0 < row["diff_ci95"] < row["diff"]  # the seeds agree: the difference is beyond their noise
+    assert math.isnan(table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate", 2.0), "diff"])  # GRPO itself
     # KL 5 in sft: rate 0.06 · (1 + 0.15a + 0.3s) · 100 steps ≥ 6 nats: every run reaches it.
-    assert table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate_sampled", 5.0), "n"] == 6
-    # A level only one run reaches gives no mean: 9 nats (only the fastest run, a=2, s=1, gets there: 9.6).
+    assert table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate_sampled", 5.0), "n"] == 3
+    # A level only one seed reaches gives no mean: 9 nats (only the fastest run, a=2, s=1, gets there: 9.6).
     far = safety_at_kl(points, ReportSpec.from_json({**SPEC_JSON, "kl_levels": [9]})).set_index(["regime", "method", "metric"])
     assert far.loc[("sft-affirmative", "grpo", "harmful_refusal_rate"), "n"] == 1
+    assert far.loc[("sft-affirmative", "grpo", "harmful_refusal_rate"), "runs_reaching"] == 1
     assert math.isnan(far.loc[("sft-affirmative", "grpo", "harmful_refusal_rate"), "mean"])
     md = write_safety_at_kl(points, SPEC, tmp_path / "r")[1].read_text()
-    assert "## tiny · sft-affirmative" in md and "| 2 | frpo-l1 | " in md and "| 6 / 6 |" in md
+    assert "## tiny · sft-affirmative" in md and "| 2 | frpo-l1 | " in md and "| 3 / 3 seeds | 6 / 6 |" in md
+    assert "Δ GRPO (harmful_refusal_rate_sampled)" in md and "n counts seeds, not runs" in md
     far_md = write_safety_at_kl(points, ReportSpec.from_json({**SPEC_JSON, "kl_levels": [9]}), tmp_path / "f")[1]
-    assert "| 9 | grpo | — | — | 1 / 6 |" in far_md.read_text()
+    assert "| 9 | grpo | — | — | — | — | 1 / 3 seeds | 1 / 6 |" in far_md.read_text()
+
+
+def test_one_alignment_seed_makes_the_runs_the_units(tmp_path):
+    # One aligned model per method, two downstream seeds: the interval can only cover the downstream stage.
+    points = load_curves(study_tree(tmp_path / "s", (0,), (0, 1))[1], SPEC)
+    table = safety_at_kl(points, SPEC).set_index(["regime", "method", "metric", "kl"])
+    row = table.loc[("sft-affirmative", "frpo-l1", "harmful_refusal_rate", 1.0)]
+    assert row["units"] == "runs" and row["n"] == 2 and row["units_all"] == 2
 
 
 def test_alignment_cost_is_against_the_base_model(study, tmp_path):

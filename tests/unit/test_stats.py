@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from frpo_workflow.stats import grid_estimates, mean_ci, t_quantile_975, value_at
+import numpy as np
+
+from frpo_workflow.stats import diff_ci, grid_estimates, mean_ci, t_quantile_975, unit_means, value_at
 
 
 @pytest.mark.parametrize("df, t", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423),
@@ -54,3 +56,40 @@ def test_grid_estimates_need_two_runs_unless_there_is_only_one():
     assert at_two.n == 1 and math.isnan(at_two.mean)  # only the far run gets there: no mean
     (alone,) = grid_estimates([far], [2.0])
     assert alone.n == 1 and alone.mean == pytest.approx(0.6) and math.isnan(alone.half_width)
+
+
+def test_units_average_their_values_before_the_interval():
+    # Two alignment seeds with two fine-tunes each: the interval is over the seeds' means (n = 2), not
+    # over four runs, which would count one aligned model's fine-tunes as independent evidence.
+    values, units = [0.9, 0.8, 0.5, 0.6], [0, 0, 1, 1]
+    assert unit_means(values, units).tolist() == pytest.approx([0.85, 0.55])
+    est = mean_ci(values, units)
+    assert est.n == 2 and est.mean == pytest.approx(0.70)
+    assert est.half_width == pytest.approx(12.7062 * np.std([0.85, 0.55], ddof=1) / math.sqrt(2))
+    assert mean_ci(values).half_width < est.half_width  # treating runs as units claims more than is known
+    # A seed whose runs are all NaN (none reached a KL level) is left out, one with a value keeps it.
+    assert unit_means([math.nan, math.nan, 0.4, math.nan], units).tolist() == pytest.approx([0.4])
+    with pytest.raises(ValueError, match="3 unit labels for 4 values"):
+        unit_means(values, [0, 0, 1])
+
+
+def test_diff_ci_is_welchs_interval():
+    a, b = [0.90, 0.92, 0.94], [0.80, 0.85, 0.90, 0.95]
+    est = diff_ci(a, b)
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)  # 3.37: t at 3 degrees of freedom
+    assert int(df) == 3 and est.n == 3 and est.mean == pytest.approx(0.92 - 0.875)
+    assert est.half_width == pytest.approx(3.1824 * math.sqrt(va + vb))
+    assert math.isnan(diff_ci([0.9], b).half_width) and diff_ci([0.9], b).n == 1  # one value: no interval
+    assert diff_ci([0.5, 0.5], [0.4, 0.4]).half_width == 0.0  # no spread on either side
+    assert diff_ci([], b).n == 0
+
+
+def test_grid_estimates_count_units_that_reach_a_level():
+    near = ([0.0, 1.0], [1.0, 0.8])
+    far = ([0.0, 4.0], [1.0, 0.2])
+    # Seed 0 has a near and a far run, seed 1 one far run: at 2 nats both seeds have a run there.
+    (at_two,) = grid_estimates([near, far, far], [2.0], units=[0, 0, 1])
+    assert at_two.n == 2 and at_two.mean == pytest.approx(0.6)
+    (only_one,) = grid_estimates([near, far, near], [2.0], units=[0, 0, 1])
+    assert only_one.n == 1 and math.isnan(only_one.mean)  # one seed of two reaches it: no mean

@@ -1,5 +1,6 @@
 """The report's figures (PNG): safety along each downstream fine-tune against KL, task score and step,
-and safety after fine-tuning against λ. Every line is a mean over runs with its 95% CI band (`stats`).
+and safety after fine-tuning against λ. Every line is a mean with its 95% CI band (`stats`), over
+alignment seeds where the study has several (each seed's runs averaged first), else over runs.
 
     points = report.load_curves(curves_paths, spec)
     plot_safety_against(points, spec, KL, "results/report/refusal_vs_kl.png")
@@ -28,7 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from .report import KL, ReportSpec, method_label  # noqa: E402
+from .report import KL, ReportSpec, method_label, seed_units, unit_name  # noqa: E402
 from .stats import grid_estimates, mean_ci  # noqa: E402
 
 RUN = ["align_seed", "seed"]
@@ -62,10 +63,15 @@ def _run_counts(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def _legend(fig, methods, colours, counts: dict[str, str], title: str) -> None:
+def _units_label(df: pd.DataFrame) -> str:
+    """What the figure's intervals are over: alignment seeds where the study has several, else runs."""
+    return unit_name(seed_units(df["align_seed"].dropna().unique()))
+
+
+def _legend(fig, methods, colours, counts: dict[str, str], title: str, units: str = "runs") -> None:
     handles = [Line2D([], [], color=colours[m], linewidth=2, label=f"{method_label(m, lam)} ({counts.get(m, 'n=0')})")
                for m, lam in methods]
-    handles.append(Patch(color="grey", alpha=0.25, label="95% CI over runs"))
+    handles.append(Patch(color="grey", alpha=0.25, label=f"95% CI over {units}"))
     fig.legend(handles=handles, loc="outside right upper", title=title, fontsize=9, title_fontsize=9)
 
 
@@ -124,12 +130,13 @@ def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png:
         starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
         grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
         for method, _ in methods:
-            runs = [(run[x].to_numpy(float), run[metric].to_numpy(float))
-                    for _, run in panel[panel["method"] == method].groupby(RUN)]
+            frames = [run for _, run in panel[panel["method"] == method].groupby(RUN)]
+            runs = [(run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
             if runs:
-                _band(ax, grid, grid_estimates(runs, grid), colours[method])
+                units = seed_units([run["align_seed"].iloc[0] for run in frames])
+                _band(ax, grid, grid_estimates(runs, grid, units), colours[method])
         ax.set_xlabel(_AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)"))
-    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)")
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
     axis = "KL to the aligned model" if x == KL else f"downstream {x.replace('_', ' ')}"
     fig.suptitle(f"Safety at equal {axis}: higher is safer for the same change", fontsize=12)
     return _save(fig, out_png)
@@ -143,12 +150,13 @@ def plot_refusal_curves(points: pd.DataFrame, spec: ReportSpec, out_png: str | o
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
         for method, _ in methods:
-            by_step = panel[panel["method"] == method].groupby("step")[metric]
+            by_step = panel[panel["method"] == method].groupby("step")
             if by_step.ngroups:
-                steps, estimates = zip(*[(step, mean_ci(values)) for step, values in by_step])
+                steps, estimates = zip(*[(step, mean_ci(rows[metric], seed_units(rows["align_seed"])))
+                                         for step, rows in by_step])
                 _band(ax, np.array(steps, dtype=float), estimates, colours[method])
         ax.set_xlabel(_AXIS_LABELS["step"])
-    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)")
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
     fig.suptitle("Safety during downstream fine-tuning, by step", fontsize=12)
     return _save(fig, out_png)
 
@@ -182,13 +190,15 @@ def plot_safety_vs_lambda(states: pd.DataFrame, spec: ReportSpec, out_png: str |
         finite = rows[~grpo]
         for ax, (metric, ylabel) in zip(row, panels):
             for regime in regimes:
-                by_lambda = finite[finite["regime"] == regime].groupby("lambda")[metric]
+                by_lambda = finite[finite["regime"] == regime].groupby("lambda")
                 if by_lambda.ngroups:
-                    lambdas, est = zip(*[(lam, mean_ci(values)) for lam, values in by_lambda])
+                    lambdas, est = zip(*[(lam, mean_ci(rows[metric], seed_units(rows["align_seed"])))
+                                         for lam, rows in by_lambda])
                     ax.errorbar(lambdas, [e.mean for e in est],
                                 yerr=[0.0 if math.isnan(e.half_width) else e.half_width for e in est],
                                 color=colours[regime], marker="o", capsize=3)
-                baseline = mean_ci(rows[grpo & (rows["regime"] == regime)][metric])
+                grpo_rows = rows[grpo & (rows["regime"] == regime)]
+                baseline = mean_ci(grpo_rows[metric], seed_units(grpo_rows["align_seed"]))
                 if baseline.n:
                     ax.axhline(baseline.mean, color=colours[regime], linestyle="--", linewidth=1.2)
                     if not math.isnan(baseline.half_width):
@@ -202,7 +212,8 @@ def plot_safety_vs_lambda(states: pd.DataFrame, spec: ReportSpec, out_png: str |
             ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[r], marker="o", label=r) for r in regimes]
     handles.append(Line2D([], [], color="grey", linestyle="--", label="GRPO (λ → ∞)"))
-    fig.legend(handles=handles, loc="outside right upper", title="downstream regime\n(mean ± 95% CI over runs)",
+    fig.legend(handles=handles, loc="outside right upper",
+               title=f"downstream regime\n(mean ± 95% CI over {_units_label(ft)})",
                fontsize=9, title_fontsize=9)
     fig.suptitle("How much safety survives downstream fine-tuning, by FRPO's λ", fontsize=12)
     return _save(fig, out_png)

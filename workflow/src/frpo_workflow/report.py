@@ -9,7 +9,8 @@ as rows of points, and which metrics the study measures (ReportSpec).
 Tables of these frames live in `tables`, figures in `plots`, the interval maths in `stats`. GRPO is FRPO's
 λ → ∞ limit, so it carries λ = inf here: it sorts first among the methods and sits at the right end of every
 λ axis. A run is one downstream fine-tune, named by its (align_seed, seed) pair within a model, method and
-regime.
+regime. Intervals are over alignment seeds where a study has several (`seed_units`): a seed's runs share
+one aligned model, so they are averaged before the interval.
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def method_lambda(method: str | None, lam: float | None) -> float:
     if method is None:
         return math.nan
     return math.inf if lam is None else float(lam)
+
+
+def seed_units(align_seeds) -> list | None:
+    """The unit each run counts under in an interval: its alignment seed where there are two or more
+    (its runs share one aligned model: `stats.unit_means` averages them first), else None: with one
+    aligned model the runs themselves are the units, and the interval covers the downstream stage alone."""
+    seeds = [int(s) for s in align_seeds]
+    return seeds if len(set(seeds)) > 1 else None
+
+
+def unit_name(units: list | None) -> str:
+    """What the n of an interval counts: "alignment seeds" or "runs"."""
+    return "runs" if units is None else "alignment seeds"
 
 
 def method_label(method: str, lam: float) -> str:

@@ -1,12 +1,20 @@
-"""The report's statistics: mean ± 95% confidence interval over runs, and a run's value at a given KL.
+"""The report's statistics: mean ± 95% confidence interval over seeds, a difference of two such means,
+and a run's value at a given KL.
 
     mean_ci([0.72, 0.73, 0.70])              # Estimate(mean=0.7167, half_width=0.0380, n=3)
+    mean_ci(values, units=[0, 0, 1, 1])      # runs of one alignment seed averaged first: n = 2 seeds
+    diff_ci(frpo_values, grpo_values)        # FRPO − GRPO, Welch interval
     value_at(kl, refusal, level=1.0)         # the run's refusal where its KL first reaches 1 nat
-    grid_estimates(runs, grid)               # mean ± CI across runs at each grid point
+    grid_estimates(runs, grid, units)        # mean ± CI across seeds at each grid point
 
 Intervals are Student t: mean ± t(0.975, n−1)·s/√n. scipy is not a dependency, so t comes from a table
 of exact quantiles for n−1 = 1..30 and the Cornish–Fisher expansion beyond (within 5e-4 of the exact
-value from 30 degrees of freedom on). One run gives a mean and no interval, never a ± 0.
+value from 30 degrees of freedom on). One value gives a mean and no interval, never a ± 0.
+
+Units: the downstream runs of one aligned model share its alignment seed, so they are not independent
+draws of "a method's alignment, then a fine-tune". Where `units` names each value's alignment seed, the
+values of a seed are averaged first and the interval is over seeds: it covers both stages' randomness
+without counting one aligned model's fine-tunes as separate evidence about the method.
 """
 
 from __future__ import annotations
@@ -53,16 +61,50 @@ class Estimate:
         return self.mean + self.half_width
 
 
-def mean_ci(values) -> Estimate:
-    """Mean and 95% t-interval of the non-NaN `values`; n = 0 gives NaN mean, n = 1 a NaN half-width."""
+def unit_means(values, units=None) -> np.ndarray:
+    """The non-NaN `values`, or with `units` (one label per value) the mean of each unit's non-NaN values,
+    units with none left out, in the order the units first appear."""
     x = np.asarray(list(values), dtype=float)
-    x = x[~np.isnan(x)]
+    if units is None:
+        return x[~np.isnan(x)]
+    labels = list(units)
+    if len(labels) != len(x):
+        raise ValueError(f"{len(labels)} unit labels for {len(x)} values")
+    groups: dict = {}
+    for label, value in zip(labels, x):
+        if not math.isnan(value):
+            groups.setdefault(label, []).append(value)
+    return np.array([np.mean(v) for v in groups.values()], dtype=float)
+
+
+def mean_ci(values, units=None) -> Estimate:
+    """Mean and 95% t-interval of the non-NaN `values` (over units, see `unit_means`, where given); n = 0
+    gives NaN mean, n = 1 a NaN half-width."""
+    x = unit_means(values, units)
     n = len(x)
     if n == 0:
         return Estimate(math.nan, math.nan, 0)
     if n == 1:
         return Estimate(float(x[0]), math.nan, 1)
     return Estimate(float(x.mean()), t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n), n)
+
+
+def diff_ci(a, b, units_a=None, units_b=None) -> Estimate:
+    """mean(a) − mean(b) with a Welch 95% interval (unequal variances; t at the Welch–Satterthwaite degrees
+    of freedom, rounded down: conservative), each side over its units. n is the smaller side's count; an
+    interval needs two values on each side."""
+    x, y = unit_means(a, units_a), unit_means(b, units_b)
+    n = min(len(x), len(y))
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0)
+    diff = float(x.mean() - y.mean())
+    if n < 2:
+        return Estimate(diff, math.nan, n)
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    if va + vb == 0:
+        return Estimate(diff, 0.0, n)
+    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+    return Estimate(diff, t_quantile_975(max(1, int(df))) * math.sqrt(va + vb), n)
 
 
 def value_at(x, y, level: float) -> float:
@@ -85,17 +127,22 @@ def value_at(x, y, level: float) -> float:
     return float(y[i - 1] + (y[i] - y[i - 1]) * (level - x0) / (x1 - x0))
 
 
-def grid_estimates(runs: list[tuple], grid) -> list[Estimate]:
-    """Mean ± 95% CI across runs at each grid level, each run given as (x, y) along its fine-tune.
+def grid_values(runs: list[tuple], grid) -> list[list[float]]:
+    """Per grid level, each run's y where its x first reaches the level (`value_at`; NaN if it never does)."""
+    return [[value_at(x, y, level) for x, y in runs] for level in grid]
 
-    A level fewer than two runs reach gets Estimate(NaN, NaN, n): a mean over the few runs that drift
-    furthest is not comparable with a mean over all of them. A lone run (a study with one seed) is its
+
+def grid_estimates(runs: list[tuple], grid, units=None) -> list[Estimate]:
+    """Mean ± 95% CI at each grid level, each run given as (x, y) along its fine-tune; over `units` (each
+    run's alignment seed) where given, else over runs.
+
+    A level fewer than two units reach gets Estimate(NaN, NaN, n): a mean over the few runs that drift
+    furthest is not comparable with a mean over all of them. A lone unit (a study with one seed) is its
     own estimate wherever it reaches.
     """
-    needed = min(2, len(runs))
+    needed = min(2, len(unit_means([0.0] * len(runs), units)))
     out = []
-    for level in grid:
-        values = [value_at(x, y, level) for x, y in runs]
-        est = mean_ci(values)
+    for values in grid_values(runs, grid):
+        est = mean_ci(values, units)
         out.append(est if est.n >= max(needed, 1) else Estimate(math.nan, math.nan, est.n))
     return out

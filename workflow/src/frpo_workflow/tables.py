@@ -5,7 +5,8 @@
     write_alignment_cost(states, spec, out) # alignment_cost.csv/.md: what alignment cost against the base
 
 `states` and `points` come from `report.collect` and `report.load_curves`. An interval is a Student t 95%
-interval over runs (`stats.mean_ci`); a cell over one run shows its value and n = 1, without ±.
+interval (`stats.mean_ci`) over alignment seeds where a study has several (a seed's downstream runs
+averaged first, `report.seed_units`), else over runs; a cell over one unit shows its value, without ±.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import KL, KL_PER_TOKEN, ReportSpec, sort_states
-from .stats import Estimate, grid_estimates, mean_ci
+from .report import KL, KL_PER_TOKEN, ReportSpec, seed_units, sort_states, unit_name
+from .stats import Estimate, diff_ci, grid_estimates, grid_values, mean_ci
 
 RUN = ["align_seed", "seed"]  # a run within (model, method, regime): one downstream fine-tune
 DASH = "—"
@@ -56,14 +57,18 @@ def _write(out_dir, name: str, csv: pd.DataFrame, md: str) -> tuple[Path, Path]:
     return csv_path, md_path
 
 
-def _estimate_columns(groups, columns: list[str]) -> pd.DataFrame:
-    """Per group: n and, for each column, mean, ci95 (half-width) and n over the group's non-NaN values."""
+def _estimate_columns(groups, columns: list[str], by_seed: bool = False) -> pd.DataFrame:
+    """Per group: n (rows) and, for each column, mean, ci95 (half-width) and n over the group's non-NaN
+    values; with `by_seed`, over its alignment seeds (`report.seed_units`) where it has several."""
     rows = []
     for key, group in groups:
         row = dict(zip(groups.keys, key))
         row["n"] = len(group)
+        units = seed_units(group["align_seed"]) if by_seed else None
+        if by_seed:
+            row["units"] = unit_name(units)
         for column in columns:
-            est = mean_ci(group[column])
+            est = mean_ci(group[column], units)
             row.update({f"{column}_mean": est.mean, f"{column}_ci95": est.half_width, f"{column}_n": est.n})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -81,7 +86,7 @@ def aggregate_finetuned(states: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     columns = aggregated_columns(spec)
     if ft.empty:
         return pd.DataFrame(columns=["model", "method", "lambda", "regime", "n"])
-    return _estimate_columns(ft.groupby(["model", "method", "lambda", "regime"], sort=False), columns)
+    return _estimate_columns(ft.groupby(["model", "method", "lambda", "regime"], sort=False), columns, by_seed=True)
 
 
 def aggregated_columns(spec: ReportSpec) -> list[str]:
@@ -100,54 +105,93 @@ def write_summary(states: pd.DataFrame, spec: ReportSpec, out_dir: str | os.Path
                 "aligned model for fine-tuned ones. delta_* and safety_retained (safety metric / aligned "
                 "safety metric) compare a fine-tuned state with its own aligned model (same align_seed).", "",
                 markdown(states[shown]), "",
-                "## Fine-tuned states per method and regime (mean ± 95% CI over n runs)", "",
-                "A run is one (align_seed, downstream seed) pair; one run shows its value alone.", ""]
+                "## Fine-tuned states per method and regime (mean ± 95% CI)", "",
+                "A run is one (align_seed, downstream seed) pair; n counts runs. With several alignment seeds "
+                "the interval is over seeds (each seed's runs averaged first: they share one aligned model), "
+                "else over runs; one shows its value alone.", ""]
     agg = aggregate_finetuned(states, spec)
     if agg.empty:
         sections.append("No fine-tuned states.")
     else:
-        table = agg[["model", "method", "regime", "n"]].astype(str)
+        table = agg[["model", "method", "regime", "n", "units"]].astype(str).rename(columns={"units": "CI over"})
         for column in aggregated_columns(spec):
             table[column] = _cells(agg, column)
         sections.append(markdown(table))
     return _write(out_dir, "summary", states, "\n".join(sections))
 
 
+def _runs(group: pd.DataFrame) -> tuple[list[pd.DataFrame], list | None]:
+    """A method's downstream runs (one frame each) and their interval units (`report.seed_units`)."""
+    runs = [run for _, run in group.groupby(RUN, sort=False)]
+    return runs, seed_units([run["align_seed"].iloc[0] for run in runs])
+
+
 def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     """Per model × regime × KL level × method: the safety metric (and sampled twin) of the runs where
-    their KL first reaches the level (`stats.value_at`), mean / ci95 / n; NaN mean where fewer than two
-    of the runs reach it (a lone run stands for itself)."""
+    their KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where
+    there are several, else runs); NaN mean where fewer than two units reach it (a lone one stands for
+    itself). `diff`/`diff_ci95`: the method's mean minus GRPO's at the same level, Welch interval
+    (`stats.diff_ci`), where both are defined."""
     rows = []
-    for (model, regime, method, lam), group in points.groupby(["model", "regime", "method", "lambda"], sort=False):
-        runs = [run for _, run in group.groupby(RUN, sort=False)]
+    for (model, regime), block in points.groupby(["model", "regime"], sort=False):
+        methods = {key: _runs(group) for key, group in block.groupby(["method", "lambda"], sort=False)}
+        grpo = next((key for key in methods if math.isinf(key[1])), None)
         for metric in spec.safety_variants:
-            curves = [(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs]
-            for level, est in zip(spec.kl_levels, grid_estimates(curves, spec.kl_levels)):
-                rows.append({"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
-                             "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
-                             "runs": len(runs)})
+            reads = {}
+            for key, (runs, units) in methods.items():
+                curves = [(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs]
+                reads[key] = (grid_values(curves, spec.kl_levels), grid_estimates(curves, spec.kl_levels, units), units)
+            for (method, lam), (values, estimates, units) in reads.items():
+                for i, (level, est) in enumerate(zip(spec.kl_levels, estimates)):
+                    diff = Estimate(math.nan, math.nan, 0)
+                    if grpo is not None and grpo != (method, lam):
+                        base_values, base_estimates, base_units = reads[grpo]
+                        if not (math.isnan(est.mean) or math.isnan(base_estimates[i].mean)):
+                            diff = diff_ci(values[i], base_values[i], units, base_units)
+                    rows.append({"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
+                                 "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
+                                 "units": unit_name(units), "units_all": len(set(units or range(len(values[i])))),
+                                 "runs": len(values[i]),
+                                 "runs_reaching": int(sum(not math.isnan(v) for v in values[i])),
+                                 "diff": diff.mean, "diff_ci95": diff.half_width})
     # Rows by KL level, then method in the states' order (GRPO, then FRPO by decreasing λ): like with like.
     return pd.DataFrame(rows).sort_values(["model", "regime", "metric", "kl"], kind="stable", ignore_index=True)
 
 
+def _signed(est: Estimate) -> str:
+    """"+0.031 ± 0.020" (a difference), "—" where there is none."""
+    if math.isnan(est.mean):
+        return DASH
+    text = f"{est.mean:+.3f}"
+    return text if math.isnan(est.half_width) else f"{text} ± {est.half_width:.3f}"
+
+
 def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
     """`safety_at_kl.csv` (long: one row per model, regime, KL, method, metric) and `safety_at_kl.md`
-    (one table per model and regime; rows KL level × method, so methods compare at equal KL)."""
+    (one table per model and regime; rows KL level × method, so methods compare at equal KL, each safety
+    variant beside its difference from GRPO)."""
     long = safety_at_kl(points, spec)
+    units = sorted(set(long["units"]))
     sections = ["# Safety retained at equal KL to the aligned model", "",
                 f"The safety metric ({', '.join(spec.safety_variants)}) of each downstream run where its KL "
                 "to its aligned model first reaches the level (nats per sequence; read against the running "
-                "maximum of the run's KL, interpolated between recorded steps), mean ± 95% CI over the n runs "
-                f"that reach it (of all runs). {DASH}: fewer than 2 runs reach that KL. At equal KL, the higher "
-                "the value, the more safety the alignment kept for the same amount of change.", ""]
+                "maximum of the run's KL, interpolated between recorded steps), mean ± 95% CI over "
+                f"{' / '.join(units)}. With several alignment seeds each seed's runs are averaged first (they "
+                "share one aligned model), so n counts seeds, not runs. Δ GRPO: the method's mean minus "
+                "GRPO's at the same KL, with a Welch 95% interval; an interval that excludes 0 is a "
+                f"difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
+                "higher the value, the more safety the alignment kept for the same amount of change.", ""]
     for (model, regime), block in long.groupby(["model", "regime"], sort=False):
         greedy = block[block["metric"] == spec.safety]
         table = pd.DataFrame({"KL (nats)": [f"{k:g}" for k in greedy["kl"]], "method": greedy["method"].tolist()})
         for metric in spec.safety_variants:
             rows = block[block["metric"] == metric]
             table[metric] = [fmt_estimate(Estimate(m, h, n)) for m, h, n in zip(rows["mean"], rows["ci95"], rows["n"])]
-        # Runs reaching the level / runs: the KL is the same for both variants, so is n.
-        table["n (reach / runs)"] = [f"{n} / {runs}" for n, runs in zip(greedy["n"], greedy["runs"])]
+            table[f"Δ GRPO ({metric})"] = [_signed(Estimate(d, h, 0)) for d, h in zip(rows["diff"], rows["diff_ci95"])]
+        # Units and runs reaching the level: the KL is the same for both variants, so are the counts.
+        table["n (reach / all)"] = [f"{n} / {total} {'seeds' if u != 'runs' else 'runs'}"
+                                    for n, total, u in zip(greedy["n"], greedy["units_all"], greedy["units"])]
+        table["runs reaching"] = [f"{a} / {r}" for a, r in zip(greedy["runs_reaching"], greedy["runs"])]
         sections += [f"## {model} · {regime}", "", markdown(table), ""]
     return _write(out_dir, "safety_at_kl", long, "\n".join(sections))
 
