@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from frpo_workflow.cli.report import main as report_main
-from frpo_workflow.plots import plot_refusal_curves, plot_safety_against, plot_safety_vs_lambda
+from frpo_workflow.plots import direction, plot_refusal_curves, plot_safety_against, plot_safety_vs_lambda
 from frpo_workflow.report import KL, ReportSpec, collect, load_curves
 from frpo_workflow.tables import alignment_cost, safety_at_kl, write_alignment_cost, write_safety_at_kl, write_summary
 
@@ -240,6 +240,30 @@ def test_plots_are_written(study, tmp_path):
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 20_000  # axes, lines and text, not an empty canvas
+
+
+def test_a_regime_that_lowers_the_task_is_read_along_its_fall(study, tmp_path):
+    import matplotlib.pyplot as plt
+
+    points = load_curves(study[1], SPEC)
+    sft = points[points["regime"] == "sft-affirmative"]
+    assert direction(sft, SPEC.task) == 1 and direction(sft, KL) == 1  # the synthetic study trains the task
+    # The toy's eroding SFTs cost competence: mirror the task score so it falls along every fine-tune.
+    falling = points.assign(task_accuracy=1.0 - points["task_accuracy"])
+    assert direction(falling[falling["regime"] == "sft-affirmative"], SPEC.task) == -1
+    shown = []
+    real_save = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (shown.extend(fig.axes), real_save(fig, *a, **k))[1]
+    try:
+        plot_safety_against(falling, SPEC, SPEC.task, tmp_path / "task.png")
+    finally:
+        plt.Figure.savefig = real_save
+    panels = [ax for ax in shown if ax.get_xlabel()]
+    assert panels and all(ax.xaxis_inverted() for ax in panels)  # left to right: the way the fine-tune moves
+    assert all("falling" in ax.get_xlabel() for ax in panels)
+    # Each method's line is drawn (a falling score read against its running minimum, not left empty).
+    lines = [line for ax in panels for line in ax.get_lines()]
+    assert lines and all(np.isfinite(line.get_ydata()).sum() > 10 for line in lines)
 
 
 def test_report_cli_end_to_end(tmp_path, monkeypatch):

@@ -104,6 +104,43 @@ def chat_text(tokenizer, prompt: str, completion: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
+# Pre-training splits each batch into this many micro-batches of similar lengths, each padded to its own
+# longest row, and adds their gradients: the same batch and the same mean loss as one padded batch, with
+# a third of the padding (random batches are ~30% padding; measured: 100 -> 90 ms a step on 2 threads).
+_MICRO_BATCHES = 2
+
+
+def _micro_batches(batch: list[list[int]], pad_id: int, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) per micro-batch: rows sorted by length, split into `parts`, right-padded, pads
+    labelled -100. Right padding needs no attention mask in a causal LM: no real token attends to a pad."""
+    rows = sorted(batch, key=len)
+    size = math.ceil(len(rows) / parts)
+    out = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        width = max(len(x) for x in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id)
+        labels = torch.full((len(chunk), width), -100)
+        for row, x in enumerate(chunk):
+            input_ids[row, : len(x)] = labels[row, : len(x)] = torch.tensor(x)
+        out.append((input_ids, labels))
+    return out
+
+
+def batch_loss_backward(model, batch: list[list[int]], pad_id: int, parts: int = _MICRO_BATCHES) -> float:
+    """The causal-LM loss of `batch` (mean over every predicted token of every row), its gradient
+    accumulated into the model over `parts` micro-batches; returns the loss."""
+    n_targets = sum(len(x) - 1 for x in batch)  # each row predicts all but its first token
+    total = 0.0
+    for input_ids, labels in _micro_batches(batch, pad_id, parts):
+        logits = model(input_ids=input_ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum") / n_targets
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=print) -> dict:
     """Causal-LM pre-training on (prompt, completion) records; returns loss statistics.
 
@@ -135,22 +172,14 @@ def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=pr
             order += fresh
         batch = [ids[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
-        width = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, x in enumerate(batch):
-            input_ids[row, : len(x)] = torch.tensor(x)
-            attn[row, : len(x)] = 1
-        labels = input_ids.masked_fill(attn == 0, -100)
-        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
+        loss = batch_loss_backward(model, batch, tokenizer.pad_token_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss)
         if step % 100 == 0 or step == steps - 1:
-            log(f"pretrain step {step + 1}/{steps} loss {loss.item():.4f}")
+            log(f"pretrain step {step + 1}/{steps} loss {loss:.4f}")
     model.eval()
     tail = losses[-max(1, steps // 10):]
     return {"steps": steps, "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}

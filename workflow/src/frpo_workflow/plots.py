@@ -115,10 +115,19 @@ def _save(fig, out_png) -> Path:
     return out
 
 
+def direction(panel: pd.DataFrame, x: str) -> int:
+    """+1 where the fine-tunes of a panel raise `x` (KL always, a task score that the regime trains), −1
+    where they lower it (a regime that costs the task): the median run's last value minus its first."""
+    change = panel.groupby(["method", *RUN])[x].agg(lambda v: v.iloc[-1] - v.iloc[0])
+    return 1 if change.median() >= 0 else -1
+
+
 def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png: str | os.PathLike) -> Path:
     """The safety metric against `x` (KL to the aligned model, or the task metric) along the fine-tunes,
     compared on a common x grid: each run read where its x first reaches each grid value (`stats.value_at`,
-    on the run's running maximum of x), then mean ± 95% CI across the runs, drawn where two runs reach it."""
+    on the run's running maximum of x), then mean ± 95% CI across the runs, drawn where two runs reach it.
+    A panel whose fine-tunes lower x (a regime that costs task accuracy) is read on −x, against the running
+    minimum, and drawn with its x axis reversed: left to right is always the direction the fine-tune moves."""
     if x not in points:
         raise ValueError(f"no column {x!r} in the curves to plot safety against")
     methods = _methods(points)
@@ -126,16 +135,20 @@ def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png:
     fig, panels = _panels(points, spec)
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
-        reached = panel.groupby(["method", *RUN])[x]
+        sign = direction(panel, x)
+        reached = (sign * panel[x]).groupby([panel["method"], *(panel[k] for k in RUN)])
         starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
         grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
         for method, _ in methods:
             frames = [run for _, run in panel[panel["method"] == method].groupby(RUN)]
-            runs = [(run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
+            runs = [(sign * run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
             if runs:
                 units = seed_units([run["align_seed"].iloc[0] for run in frames])
-                _band(ax, grid, grid_estimates(runs, grid, units), colours[method])
-        ax.set_xlabel(_AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)"))
+                _band(ax, sign * grid, grid_estimates(runs, grid, units), colours[method])
+        if sign < 0 and not ax.xaxis_inverted():  # shared axes: one inversion flips them all
+            ax.invert_xaxis()
+        label = _AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)")
+        ax.set_xlabel(label if sign > 0 else f"{label}, falling →")
     _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
     axis = "KL to the aligned model" if x == KL else f"downstream {x.replace('_', ' ')}"
     fig.suptitle(f"Safety at equal {axis}: higher is safer for the same change", fontsize=12)
