@@ -10,9 +10,11 @@ import torch
 from frpo_workflow.loss import frpo_loss, grpo_loss
 
 
-def grads(loss_fn, rewards):
+def grads(loss_fn, rewards, std_scaled: bool = False):
     r = torch.tensor(rewards, dtype=torch.float64)
     adv = r - r.mean()
+    if std_scaled:  # TRL's scale_rewards="group" (GRPO's default here and the authors' baseline)
+        adv = adv / (r.std() + 1e-4)
     logps = torch.zeros(len(r), 1, dtype=torch.float64, requires_grad=True)
     loss = loss_fn(logps, logps.detach(), adv, torch.ones(len(r), 1))
     loss.backward()
@@ -23,7 +25,9 @@ for n_fail in (1, 2):
     rewards = [0.0] * n_fail + [1.0] * (8 - n_fail)
     g = grads(lambda *a: grpo_loss(*a), rewards)
     print(f"{n_fail} failing of 8   GRPO: failing {g[0]:+.3f}  passing {g[-1]:+.3f}")
-    for lam in (1.0, 0.2):
+    g = grads(lambda *a: grpo_loss(*a), rewards, std_scaled=True)
+    print(f"{n_fail} failing of 8   GRPO, std-scaled advantages: failing {g[0]:+.3f}  passing {g[-1]:+.3f}")
+    for lam in (100.0, 2.0, 1.0, 0.5, 0.2):
         for jk in (False, True):
             g = grads(lambda lp, old, adv, m: frpo_loss(lp, old, adv, m, torch.zeros(8, dtype=torch.long), lam,
                                                      jackknife=jk), rewards)

@@ -167,9 +167,9 @@ def test_safety_at_kl_levels_has_known_values(study, tmp_path):
     assert row["mean"] == pytest.approx(seeds.mean(), abs=2e-3)  # linear between steps
     assert row["ci95"] == pytest.approx(4.3027 * seeds.std(ddof=1) / math.sqrt(3), rel=0.05)
     # Against GRPO (scale 1.5) at KL 2: the seeds' means differ by 0.94 · (e^(−2/5) − e^(−2/1.5)).
-    assert row["diff"] == pytest.approx(0.94 * (math.exp(-2 / 5) - math.exp(-2 / 1.5)), abs=1e-2)  # linear reads
-    assert 0 < row["diff_ci95"] < row["diff"]  # the seeds agree: the difference is beyond their noise
-    assert math.isnan(table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate", 2.0), "diff"])  # GRPO itself
+    assert row["diff_grpo"] == pytest.approx(0.94 * (math.exp(-2 / 5) - math.exp(-2 / 1.5)), abs=1e-2)  # linear reads
+    assert 0 < row["diff_grpo_ci95"] < row["diff_grpo"]  # the seeds agree: the difference is beyond their noise
+    assert math.isnan(table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate", 2.0), "diff_grpo"])  # GRPO itself
     # KL 5 in sft: rate 0.06 · (1 + 0.15a + 0.3s) · 100 steps ≥ 6 nats: every run reaches it.
     assert table.loc[("sft-affirmative", "grpo", "harmful_refusal_rate_sampled", 5.0), "n"] == 3
     # A level only one seed reaches gives no mean: 9 nats (only the fastest run, a=2, s=1, gets there: 9.6).
@@ -182,6 +182,20 @@ def test_safety_at_kl_levels_has_known_values(study, tmp_path):
     assert "Δ GRPO (harmful_refusal_rate_sampled)" in md and "n counts seeds, not runs" in md
     far_md = write_safety_at_kl(points, ReportSpec.from_json({**SPEC_JSON, "kl_levels": [9]}), tmp_path / "f")[1]
     assert "| 9 | grpo | — | — | — | — | 1 / 3 seeds | 1 / 6 |" in far_md.read_text()
+
+
+def test_each_baseline_gets_its_differences(study, tmp_path):
+    # FRPO's own large-λ limit as a second baseline (report.baselines): every method against both.
+    spec = ReportSpec.from_json({**SPEC_JSON, "baselines": ["grpo", "frpo-l10"]})
+    points = load_curves(study[1], spec)
+    table = safety_at_kl(points, spec).set_index(["regime", "method", "metric", "kl"])
+    row = table.loc[("sft-affirmative", "frpo-l0.3", "harmful_refusal_rate", 2.0)]
+    mean_l10 = table.loc[("sft-affirmative", "frpo-l10", "harmful_refusal_rate", 2.0), "mean"]
+    assert row["diff_frpo-l10"] == pytest.approx(row["mean"] - mean_l10)
+    assert row["diff_grpo"] > row["diff_frpo-l10"] > 0  # λ=10 loses refusal slower than GRPO, faster than λ=0.3
+    assert math.isnan(table.loc[("sft-affirmative", "frpo-l10", "harmful_refusal_rate", 2.0), "diff_frpo-l10"])
+    md = write_safety_at_kl(points, spec, tmp_path / "r")[1].read_text()
+    assert "Δ GRPO (harmful_refusal_rate)" in md and "Δ FRPO λ=10 (harmful_refusal_rate_sampled)" in md
 
 
 def test_one_alignment_seed_makes_the_runs_the_units(tmp_path):

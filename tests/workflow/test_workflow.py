@@ -168,6 +168,7 @@ def test_local_data_files_are_inputs_and_their_sha256_is_in_provenance(tmp_path)
     ({"align": {"dataset": "align", "frpo": {"lambdas": [0]}}}, "lambdas"),
     ({"models": {"tiny": {"source": "local"}}}, "models.tiny: source 'local' needs 'path'"),
     ({"resources": {"base_model": {"threads": 0}}}, "threads"),
+    ({"report": {"baselines": ["frpo-l7"]}}, "report.baselines: ['frpo-l7'] not among the study's methods"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, patch, message):
     config = yaml.safe_load(E2E.read_text())

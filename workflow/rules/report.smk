@@ -39,7 +39,8 @@ rule report:
     params:
         job=lambda wc: job_json("report", wc),
         spec=lambda wc: json.dumps({"metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
-                                    "kl_levels": config["report"]["kl_levels"]}),
+                                    "kl_levels": config["report"]["kl_levels"],
+                                    "baselines": config["report"]["baselines"]}),
         out=lambda wc, output: os.path.dirname(output.md),
     shell:
         "python -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"

@@ -33,12 +33,14 @@ IDENTITY = ["state", "stage", "model", "method", "lambda", "align_seed", "regime
 @dataclass(frozen=True)
 class ReportSpec:
     """What the study measures, from config: `metrics` (evaluate.metrics: name -> {set, judge}, config
-    order), the metrics with a `<name>_sampled` twin (evaluate.sampled.metrics when k > 0) and the KL
-    levels (nats per sequence) at which the report compares methods (report.kl_levels)."""
+    order), the metrics with a `<name>_sampled` twin (evaluate.sampled.metrics when k > 0), the KL
+    levels (nats per sequence) at which the report compares methods (report.kl_levels) and the methods
+    the others are compared with there (report.baselines; GRPO by default)."""
 
     metrics: dict
     sampled: tuple[str, ...]
     kl_levels: tuple[float, ...]
+    baselines: tuple[str, ...] = ("grpo",)
 
     @classmethod
     def from_json(cls, spec: dict) -> ReportSpec:
@@ -50,7 +52,8 @@ class ReportSpec:
         unknown = [name for name in twins if name not in spec["metrics"]]
         if unknown:
             raise ValueError(f"report spec: sampled.metrics {unknown} are not under metrics")
-        report_spec = cls(dict(spec["metrics"]), twins, tuple(float(k) for k in spec["kl_levels"]))
+        report_spec = cls(dict(spec["metrics"]), twins, tuple(float(k) for k in spec["kl_levels"]),
+                          tuple(spec.get("baselines", ["grpo"])))
         report_spec.safety, report_spec.task  # noqa: B018 (both must exist: fail before reading any file)
         return report_spec
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import KL, KL_PER_TOKEN, ReportSpec, seed_units, sort_states, unit_name
+from .report import KL, KL_PER_TOKEN, ReportSpec, method_label, seed_units, sort_states, unit_name
 from .stats import Estimate, diff_ci, grid_estimates, grid_values, mean_ci
 
 RUN = ["align_seed", "seed"]  # a run within (model, method, regime): one downstream fine-tune
@@ -130,12 +130,12 @@ def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     """Per model × regime × KL level × method: the safety metric (and sampled twin) of the runs where
     their KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where
     there are several, else runs); NaN mean where fewer than two units reach it (a lone one stands for
-    itself). `diff`/`diff_ci95`: the method's mean minus GRPO's at the same level, Welch interval
-    (`stats.diff_ci`), where both are defined."""
+    itself). `diff_<baseline>` / `diff_<baseline>_ci95`: the method's mean minus each baseline's
+    (report.baselines) at the same level, Welch interval (`stats.diff_ci`), where both are defined."""
     rows = []
     for (model, regime), block in points.groupby(["model", "regime"], sort=False):
         methods = {key: _runs(group) for key, group in block.groupby(["method", "lambda"], sort=False)}
-        grpo = next((key for key in methods if math.isinf(key[1])), None)
+        baselines = [key for name in spec.baselines for key in methods if key[0] == name]
         for metric in spec.safety_variants:
             reads = {}
             for key, (runs, units) in methods.items():
@@ -143,17 +143,19 @@ def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
                 reads[key] = (grid_values(curves, spec.kl_levels), grid_estimates(curves, spec.kl_levels, units), units)
             for (method, lam), (values, estimates, units) in reads.items():
                 for i, (level, est) in enumerate(zip(spec.kl_levels, estimates)):
-                    diff = Estimate(math.nan, math.nan, 0)
-                    if grpo is not None and grpo != (method, lam):
-                        base_values, base_estimates, base_units = reads[grpo]
-                        if not (math.isnan(est.mean) or math.isnan(base_estimates[i].mean)):
-                            diff = diff_ci(values[i], base_values[i], units, base_units)
-                    rows.append({"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
-                                 "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
-                                 "units": unit_name(units), "units_all": len(set(units or range(len(values[i])))),
-                                 "runs": len(values[i]),
-                                 "runs_reaching": int(sum(not math.isnan(v) for v in values[i])),
-                                 "diff": diff.mean, "diff_ci95": diff.half_width})
+                    row = {"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
+                           "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
+                           "units": unit_name(units), "units_all": len(set(units or range(len(values[i])))),
+                           "runs": len(values[i]), "runs_reaching": int(sum(not math.isnan(v) for v in values[i]))}
+                    for base in spec.baselines:
+                        diff = Estimate(math.nan, math.nan, 0)
+                        key = next((k for k in baselines if k[0] == base), None)
+                        if key is not None and key != (method, lam):
+                            base_values, base_estimates, base_units = reads[key]
+                            if not (math.isnan(est.mean) or math.isnan(base_estimates[i].mean)):
+                                diff = diff_ci(values[i], base_values[i], units, base_units)
+                        row[f"diff_{base}"], row[f"diff_{base}_ci95"] = diff.mean, diff.half_width
+                    rows.append(row)
     # Rows by KL level, then method in the states' order (GRPO, then FRPO by decreasing λ): like with like.
     return pd.DataFrame(rows).sort_values(["model", "regime", "metric", "kl"], kind="stable", ignore_index=True)
 
@@ -172,13 +174,15 @@ def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple
     variant beside its difference from GRPO)."""
     long = safety_at_kl(points, spec)
     units = sorted(set(long["units"]))
+    lambdas = dict(zip(long["method"], long["lambda"]))
+    labels = {base: method_label(base, lambdas[base]) if base in lambdas else base for base in spec.baselines}
     sections = ["# Safety retained at equal KL to the aligned model", "",
                 f"The safety metric ({', '.join(spec.safety_variants)}) of each downstream run where its KL "
                 "to its aligned model first reaches the level (nats per sequence; read against the running "
                 "maximum of the run's KL, interpolated between recorded steps), mean ± 95% CI over "
                 f"{' / '.join(units)}. With several alignment seeds each seed's runs are averaged first (they "
-                "share one aligned model), so n counts seeds, not runs. Δ GRPO: the method's mean minus "
-                "GRPO's at the same KL, with a Welch 95% interval; an interval that excludes 0 is a "
+                "share one aligned model), so n counts seeds, not runs. Δ: the method's mean minus the "
+                f"baseline's ({', '.join(spec.baselines)}) at the same KL, with a Welch 95% interval; one that excludes 0 is a "
                 f"difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
                 "higher the value, the more safety the alignment kept for the same amount of change.", ""]
     for (model, regime), block in long.groupby(["model", "regime"], sort=False):
@@ -187,7 +191,9 @@ def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple
         for metric in spec.safety_variants:
             rows = block[block["metric"] == metric]
             table[metric] = [fmt_estimate(Estimate(m, h, n)) for m, h, n in zip(rows["mean"], rows["ci95"], rows["n"])]
-            table[f"Δ GRPO ({metric})"] = [_signed(Estimate(d, h, 0)) for d, h in zip(rows["diff"], rows["diff_ci95"])]
+            for base in spec.baselines:
+                table[f"Δ {labels[base]} ({metric})"] = [_signed(Estimate(d, h, 0))
+                                                  for d, h in zip(rows[f"diff_{base}"], rows[f"diff_{base}_ci95"])]
         # Units and runs reaching the level: the KL is the same for both variants, so are the counts.
         table["n (reach / all)"] = [f"{n} / {total} {'seeds' if u != 'runs' else 'runs'}"
                                     for n, total, u in zip(greedy["n"], greedy["units_all"], greedy["units"])]
