@@ -292,9 +292,10 @@ def check_config(config: dict) -> None:
     unknown = [m for m in config.get("evaluate", {}).get("sampled", {}).get("metrics", []) if m not in metrics]
     if unknown:
         raise ValueError(f"evaluate.sampled.metrics: {unknown} not among evaluate.metrics ({', '.join(metrics)})")
-    missing = [m for m in config.get("report", {}).get("baselines", []) if m not in method_keys(config)]
+    methods = method_keys(config)
+    missing = [m for m in config.get("report", {}).get("baselines", []) if m not in methods]
     if missing:
-        raise ValueError(f"report.baselines: {missing} not among the study's methods ({', '.join(method_keys(config))})")
+        raise ValueError(f"report.baselines: {missing} not among the study's methods ({', '.join(methods)})")
     from .harness import check_spec as check_harness
 
     for i, spec in enumerate(config.get("evaluate", {}).get("harness", []), start=1):

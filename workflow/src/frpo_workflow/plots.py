@@ -29,10 +29,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from .report import KL, ReportSpec, method_label, seed_units, unit_name  # noqa: E402
+from .report import KL, RUN, ReportSpec, method_label, runs_and_units, seed_units, unit_name  # noqa: E402
 from .stats import grid_estimates, mean_ci  # noqa: E402
 
-RUN = ["align_seed", "seed"]
 GRID_POINTS = 60  # x resolution of the common grid: smooth lines, cheap interpolation
 _GRPO_COLOUR = "black"
 _AXIS_LABELS = {KL: "KL to the aligned model (nats per sequence)", "step": "downstream fine-tuning step"}
@@ -140,12 +139,11 @@ def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png:
         starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
         grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
         for method, _ in methods:
-            frames = [run for _, run in panel[panel["method"] == method].groupby(RUN)]
+            frames, units = runs_and_units(panel[panel["method"] == method])
             runs = [(sign * run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
             if runs:
-                units = seed_units([run["align_seed"].iloc[0] for run in frames])
                 _band(ax, sign * grid, grid_estimates(runs, grid, units), colours[method])
-        if sign < 0 and not ax.xaxis_inverted():  # shared axes: one inversion flips them all
+        if sign < 0:  # the panels share y only: each x axis turns on its own
             ax.invert_xaxis()
         label = _AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)")
         ax.set_xlabel(label if sign > 0 else f"{label}, falling →")

@@ -108,6 +108,17 @@ def seed_units(align_seeds) -> list | None:
     return seeds if len(set(seeds)) > 1 else None
 
 
+# A run within (model, method, regime): one downstream fine-tune.
+RUN = ["align_seed", "seed"]
+
+
+def runs_and_units(group: pd.DataFrame) -> tuple[list[pd.DataFrame], list | None]:
+    """A method's downstream runs in `group` (curve points or states, one frame per run) and the units of
+    their intervals (`seed_units` of each run's alignment seed)."""
+    runs = [run for _, run in group.groupby(RUN, sort=False)]
+    return runs, seed_units([run["align_seed"].iloc[0] for run in runs])
+
+
 def unit_name(units: list | None) -> str:
     """What the n of an interval counts: "alignment seeds" or "runs"."""
     return "runs" if units is None else "alignment seeds"

@@ -132,17 +132,27 @@ def grid_values(runs: list[tuple], grid) -> list[list[float]]:
     return [[value_at(x, y, level) for x, y in runs] for level in grid]
 
 
-def grid_estimates(runs: list[tuple], grid, units=None) -> list[Estimate]:
-    """Mean ± 95% CI at each grid level, each run given as (x, y) along its fine-tune; over `units` (each
-    run's alignment seed) where given, else over runs.
+def unit_count(n_values: int, units=None) -> int:
+    """How many units `n_values` values fall in: distinct `units` labels where given, else the values."""
+    return n_values if units is None else len(set(units))
+
+
+def level_estimates(values_per_level: list[list[float]], units=None) -> list[Estimate]:
+    """Mean ± 95% CI at each level from the runs' values there (`grid_values`), over `units` where given.
 
     A level fewer than two units reach gets Estimate(NaN, NaN, n): a mean over the few runs that drift
     furthest is not comparable with a mean over all of them. A lone unit (a study with one seed) is its
     own estimate wherever it reaches.
     """
-    needed = min(2, len(unit_means([0.0] * len(runs), units)))
     out = []
-    for values in grid_values(runs, grid):
+    for values in values_per_level:
+        needed = min(2, unit_count(len(values), units))
         est = mean_ci(values, units)
         out.append(est if est.n >= max(needed, 1) else Estimate(math.nan, math.nan, est.n))
     return out
+
+
+def grid_estimates(runs: list[tuple], grid, units=None) -> list[Estimate]:
+    """Mean ± 95% CI at each grid level, each run given as (x, y) along its fine-tune; over `units` (each
+    run's alignment seed) where given, else over runs (`level_estimates`)."""
+    return level_estimates(grid_values(runs, grid), units)

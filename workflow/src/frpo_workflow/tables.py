@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import KL, KL_PER_TOKEN, ReportSpec, method_label, seed_units, sort_states, unit_name
-from .stats import Estimate, diff_ci, grid_estimates, grid_values, mean_ci
+from .report import KL, KL_PER_TOKEN, ReportSpec, method_label, runs_and_units, seed_units, sort_states, unit_name
+from .stats import Estimate, diff_ci, grid_values, level_estimates, mean_ci, unit_count
 
-RUN = ["align_seed", "seed"]  # a run within (model, method, regime): one downstream fine-tune
 DASH = "—"
 
 
@@ -120,12 +119,6 @@ def write_summary(states: pd.DataFrame, spec: ReportSpec, out_dir: str | os.Path
     return _write(out_dir, "summary", states, "\n".join(sections))
 
 
-def _runs(group: pd.DataFrame) -> tuple[list[pd.DataFrame], list | None]:
-    """A method's downstream runs (one frame each) and their interval units (`report.seed_units`)."""
-    runs = [run for _, run in group.groupby(RUN, sort=False)]
-    return runs, seed_units([run["align_seed"].iloc[0] for run in runs])
-
-
 def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     """Per model × regime × KL level × method: the safety metric (and sampled twin) of the runs where
     their KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where
@@ -134,22 +127,23 @@ def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     (report.baselines) at the same level, Welch interval (`stats.diff_ci`), where both are defined."""
     rows = []
     for (model, regime), block in points.groupby(["model", "regime"], sort=False):
-        methods = {key: _runs(group) for key, group in block.groupby(["method", "lambda"], sort=False)}
-        baselines = [key for name in spec.baselines for key in methods if key[0] == name]
+        methods = {key: runs_and_units(group) for key, group in block.groupby(["method", "lambda"], sort=False)}
+        baselines = {name: key for name in spec.baselines for key in methods if key[0] == name}  # present ones
         for metric in spec.safety_variants:
             reads = {}
             for key, (runs, units) in methods.items():
-                curves = [(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs]
-                reads[key] = (grid_values(curves, spec.kl_levels), grid_estimates(curves, spec.kl_levels, units), units)
+                values = grid_values([(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs],
+                                     spec.kl_levels)
+                reads[key] = (values, level_estimates(values, units), units)
             for (method, lam), (values, estimates, units) in reads.items():
                 for i, (level, est) in enumerate(zip(spec.kl_levels, estimates)):
                     row = {"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
                            "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
-                           "units": unit_name(units), "units_all": len(set(units or range(len(values[i])))),
+                           "units": unit_name(units), "units_all": unit_count(len(values[i]), units),
                            "runs": len(values[i]), "runs_reaching": int(sum(not math.isnan(v) for v in values[i]))}
                     for base in spec.baselines:
                         diff = Estimate(math.nan, math.nan, 0)
-                        key = next((k for k in baselines if k[0] == base), None)
+                        key = baselines.get(base)
                         if key is not None and key != (method, lam):
                             base_values, base_estimates, base_units = reads[key]
                             if not (math.isnan(est.mean) or math.isnan(base_estimates[i].mean)):
@@ -171,7 +165,7 @@ def _signed(est: Estimate) -> str:
 def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
     """`safety_at_kl.csv` (long: one row per model, regime, KL, method, metric) and `safety_at_kl.md`
     (one table per model and regime; rows KL level × method, so methods compare at equal KL, each safety
-    variant beside its difference from GRPO)."""
+    variant beside its differences from the baselines, report.baselines)."""
     long = safety_at_kl(points, spec)
     units = sorted(set(long["units"]))
     lambdas = dict(zip(long["method"], long["lambda"]))
@@ -182,8 +176,8 @@ def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple
                 "maximum of the run's KL, interpolated between recorded steps), mean ± 95% CI over "
                 f"{' / '.join(units)}. With several alignment seeds each seed's runs are averaged first (they "
                 "share one aligned model), so n counts seeds, not runs. Δ: the method's mean minus the "
-                f"baseline's ({', '.join(spec.baselines)}) at the same KL, with a Welch 95% interval; one that excludes 0 is a "
-                f"difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
+                f"baseline's ({', '.join(spec.baselines)}) at the same KL, with a Welch 95% interval; one that "
+                f"excludes 0 is a difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
                 "higher the value, the more safety the alignment kept for the same amount of change.", ""]
     for (model, regime), block in long.groupby(["model", "regime"], sort=False):
         greedy = block[block["metric"] == spec.safety]
