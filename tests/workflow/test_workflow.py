@@ -349,6 +349,27 @@ def test_fine_tuned_weights_go_once_evaluated_when_not_kept(study, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_cold_start_computes_what_the_warm_start_did(study, tmp_path):
+    """The study ran warm (launch.warm_start, as config.yaml); an alignment and its evaluation started cold
+    give the same generations and metrics, and switching warm start off reruns nothing."""
+    config = yaml.safe_load(E2E.read_text())
+    config["launch"]["warm_start"] = False
+    path = tmp_path / "cold.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert dry_run(study, path) == {}
+    workdir = tmp_path / "cold"
+    copy_upstream(study, workdir)
+    state = "aligned/tiny/frpo-l1/seed0"
+    snakemake(f"results/eval/{state}/metrics.json", "--cores", "2", "--configfile", str(path), cwd=workdir)
+    for results, warm in ((study / "results", True), (workdir / "results", False)):
+        for job in (state, f"eval/{state}"):
+            assert json.loads((results / job / "provenance.json").read_text())["host"]["warm_start"] is warm
+    for name in ("metrics.json", "generations.jsonl"):
+        cold, warm = (r / "eval" / state / name for r in (workdir / "results", study / "results"))
+        assert cold.read_bytes() == warm.read_bytes(), name
+
+
+@pytest.mark.slow
 def test_align_runs_on_two_processes_through_the_workflow(study, tmp_path):
     """launch: cpu_ddp with 2 processes: two ranks train FRPO (whole groups per rank), rank 0 tracks."""
     config = yaml.safe_load(E2E.read_text())

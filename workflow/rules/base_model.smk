@@ -26,8 +26,11 @@ rule base_model:
         spec=base_model_spec,
         job=lambda wc: job_json("base_model", wc),
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
+        # A tiny model needs no hub; a hub model is looked up (and fetched) on the submitting host. Offline as
+        # every other model job, a tiny model's job shares their warm-start server (same environment).
+        hub_offline=lambda wc: int(wc.model in TINY_MODELS),
     shell:
-        "FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
+        "HF_HUB_OFFLINE={params.hub_offline} FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} $FRPO_PYTHON -m frpo_workflow.cli.base_model --spec {params.spec:q} --job {params.job:q}"
         f" {{params.data}} --out {{output}} > {{log}} 2>&1 # code {code('cli.base_model')}"
 
 

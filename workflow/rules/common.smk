@@ -110,18 +110,27 @@ def named_dirs(option, dirs):
 os.environ["FRPO_ACCELERATE_DIR"] = os.path.join(workflow.basedir, "workflow", "accelerate")
 
 
+# How a stage CLI's interpreter starts, for the shell as $FRPO_PYTHON: with launch.warm_start, forked from
+# a local interpreter that has imported torch, transformers, trl and mlflow once (frpo_workflow/warm_start.py).
+# An environment variable rather than a param: how a job starts does not change what it computes, so
+# switching it reruns nothing.
+_python = "python -m frpo_workflow.warm_start" if config["launch"]["warm_start"] else "python"
+os.environ["FRPO_PYTHON"] = _python
+
+
 envvars:
     "FRPO_ACCELERATE_DIR",
+    "FRPO_PYTHON",
 
 
 def launcher(family="train"):
-    """How a training CLI starts: `accelerate launch --config_file ... --num_processes N`, or plain `python`
-    for the one-process CPU topology, where accelerate's launcher adds ~2 s to every job and nothing else
-    (train.py sets use_cpu itself)."""
+    """How a training CLI starts: `accelerate launch --config_file ... --num_processes N`, or as every other
+    CLI does ($FRPO_PYTHON) for the one-process CPU topology, where accelerate's launcher adds ~2 s to every
+    job and nothing else (train.py sets use_cpu itself)."""
     launch = config["launch"]
     n = launch["num_processes"] or max(1, config["resources"][family]["gpu"])
     if launch["accelerate_config"] == "cpu":
-        return "python"
+        return "$FRPO_PYTHON"
     return f"accelerate launch --config_file $FRPO_ACCELERATE_DIR/{launch['accelerate_config']}.yaml --num_processes {n}"
 
 

@@ -25,7 +25,7 @@ rule tracking_experiment:
         name=config["run_name"],
         results=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
-        "python -m frpo_workflow.cli.experiment --name {params.name} --results {params.results}"
+        "HF_HUB_OFFLINE=1 $FRPO_PYTHON -m frpo_workflow.cli.experiment --name {params.name} --results {params.results}"
         f" --out {{output}} > {{log}} 2>&1 # code {code('cli.experiment')}"
 
 

@@ -31,7 +31,7 @@ rule evaluate_base:
         out=lambda wc, output: os.path.dirname(output.metrics),
         eval_sets=named_dirs("--eval-data", eval_set_dirs()),
     shell:
-        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} python -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
+        "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} $FRPO_PYTHON -m frpo_workflow.cli.evaluate --spec {params.spec:q} --job {params.job:q}"
         f" --model {{input.model}} {{params.reference}} {{params.eval_sets}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.evaluate')}"
 
 

@@ -43,5 +43,5 @@ rule report:
                                     "baselines": config["report"]["baselines"]}),
         out=lambda wc, output: os.path.dirname(output.md),
     shell:
-        "python -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"
+        "HF_HUB_OFFLINE=1 $FRPO_PYTHON -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"
         f" --curves {{input.curves}} --out {{params.out}} > {{log}} 2>&1 # code {code('cli.report')}"

@@ -165,12 +165,17 @@ def _code() -> dict:
             "source_sha256": source_sha256()}
 
 
+# Set by frpo_workflow.warm_start in a job it forked (its own name: provenance must not import the client).
+WARM_STARTED = "FRPO_WARM_STARTED"
+
+
 def _host() -> dict:
     from .devices import describe
 
     return {"hostname": socket.gethostname(), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "devices": describe()}
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "devices": describe(),
+            "warm_start": os.environ.get(WARM_STARTED) == "1"}
 
 
 def _iso(t: float) -> str:
