@@ -143,6 +143,15 @@ def test_no_server_means_a_cold_start_not_a_failure(world, tmp_path):
     assert under_slurm.stderr == "to stderr\n"
 
 
+def test_a_socket_folder_others_can_enter_is_not_used(world):
+    folder = world[2] / f"frpo-warm-{os.getuid()}"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    proc = run(world, "show")
+    assert proc.returncode == 0 and f"{folder} is not private to this user" in proc.stderr
+    assert not json.loads(proc.stdout)["warm"] and not _servers(world[2])
+
+
 def test_an_idle_server_exits_and_removes_its_socket(world):
     run(world, "show", FRPO_WARM_IDLE_S="1")
     sockets = world[2]

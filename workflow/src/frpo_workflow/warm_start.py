@@ -10,14 +10,16 @@ directory, stdin/stdout/stderr, exit status, and signals (SIGTERM/SIGINT/SIGHUP 
 job; a client that dies takes the job with it). Instead of importing, the client hands all of that over a
 Unix socket to a local server that has imported the libraries once, and the server forks the job.
 
-What the fork shares with the server is third-party code only: the server never imports this package's
-other modules, and a job drops every `frpo_workflow` module it inherited, so edited workflow code is
-what runs. A server serves one interpreter, installation, working directory and environment (the key of
-its socket, less the per-job variables it applies itself: OMP_NUM_THREADS, MKL_NUM_THREADS, FRPO_GPUS),
-so a `pip install` or a different environment gets a new server instead of stale imports. A server with
-no job running for IDLE_S seconds (30; FRPO_WARM_IDLE_S) exits. Any failure before the job has started (no server can start,
-the socket refuses) runs the job cold, as plain `python -m` would: warm start can make a job faster,
-never make it fail. Under SLURM (SLURM_JOB_ID set) jobs start cold: one job per allocation gains nothing.
+What a job shares with the server is third-party code only: the server imports none of this package's
+other modules, and a job drops every `frpo_workflow` module it inherited, so an edit to the workflow runs
+at once. A server serves one interpreter, installation, working directory and environment (the key of
+its socket), less the variables a job applies itself: the thread counts Snakemake sets (THREAD_ENV) and
+FRPO_GPUS. So a `pip install` or another environment gets a new server, never stale imports. A server
+with no job running for IDLE_S seconds (30, or FRPO_WARM_IDLE_S) exits.
+
+A failure before the job has started (no server can start, the socket refuses) runs the job cold, as
+plain `python -m` would, after one line on stderr that says why: warm start can make a job faster, never
+make it fail. Under SLURM (SLURM_JOB_ID set) jobs start cold: one job per allocation would gain nothing.
 
 The client imports the standard library only: it is the part every job pays.
 """
@@ -90,13 +92,17 @@ def _signal_job(pid, signum):
 def _connect() -> socket.socket:
     """A connection to the server for this interpreter and environment, started here if none runs."""
     path = socket_path()
-    try:
-        return _dial(path)
-    except OSError:
-        pass
+    if os.path.isdir(os.path.dirname(path)):
+        _check_private(os.path.dirname(path))
+        try:
+            return _dial(path)
+        except OSError:
+            pass
     import fcntl  # only the client that may have to start a server needs it
 
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    _check_private(folder)
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one client starts the server; the others wait here, then dial
         try:
@@ -114,6 +120,13 @@ def _connect() -> socket.socket:
                 if time.monotonic() > deadline:
                     raise OSError(f"no server listening after {START_TIMEOUT_S:.0f} s; see {path}.log") from None
                 time.sleep(0.05)
+
+
+def _check_private(folder):
+    """Jobs run what a server in this folder forks: it must be this user's alone."""
+    st = os.stat(folder)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{folder} is not private to this user")
 
 
 def _dial(path) -> socket.socket:
@@ -210,7 +223,10 @@ def serve(path):
                 later = []
             for key, _ in events:
                 if key.data == "accept":
-                    conn, _ = listener.accept()
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:  # e.g. out of file descriptors: that client retries or starts cold
+                        continue
                     try:
                         request, fds = _recv_request(conn)
                     except (OSError, ValueError):
@@ -240,7 +256,7 @@ def serve(path):
                             pass
                     except BlockingIOError:
                         pass
-                elif not key.fileobj.recv(1):  # the client hung up before its job ended: the job goes too
+                elif not _still_there(key.fileobj):  # the client hung up before its job ended: the job goes too
                     selector.unregister(key.fileobj)
                     _kill_job(key.data)
             _reap(jobs, selector)
@@ -308,6 +324,14 @@ def _reap(jobs, selector):
         except OSError:
             pass
         conn.close()
+
+
+def _still_there(conn) -> bool:
+    """A client sends nothing once its job runs: a readable connection is one that was closed."""
+    try:
+        return bool(conn.recv(1))
+    except OSError:
+        return False
 
 
 def _kill_job(pid):
