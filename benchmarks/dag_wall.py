@@ -5,8 +5,8 @@
 Each repeat runs the whole default DAG (config.yaml) twice from nothing, in fresh temporary folders: once
 with every job started cold (`python -m`) and once with jobs forked from a preloaded interpreter; the
 order alternates between repeats, so a drift in the machine's speed does not favour one side. Also printed
-per run: the base model's job (alone at the head of the DAG) and the summed wall time of all jobs, from
-Snakemake's per-job benchmark files. The last line is the median ratio of the DAG's wall times.
+per run: the base model's job (alone at the head of the DAG) and the summed wall time of all jobs, in all
+and per stage, from Snakemake's per-job benchmark files. The last line is the median ratio of the DAG's wall times.
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ def run_dag(warm: bool, cores: str) -> dict:
             with tsv.open() as f:
                 jobs[tsv.relative_to(Path(tmp) / "results" / "benchmarks").as_posix()] = float(
                     list(csv.DictReader(f, delimiter="\t"))[-1]["s"])
-    return {"wall": wall, "base": jobs["base_model/tiny.tsv"], "jobs": sum(jobs.values()), "n": len(jobs)}
+    stages: dict[str, float] = {}
+    for name, seconds in jobs.items():  # base_model/..., aligned/..., finetuned/..., eval/..., the rest
+        stage = name.split("/")[0] if "/" in name else "other"
+        stages[stage] = stages.get(stage, 0.0) + seconds
+    return {"wall": wall, "base": jobs["base_model/tiny.tsv"], "jobs": sum(jobs.values()), "n": len(jobs),
+            "stages": stages}
 
 
 def main() -> None:
@@ -53,7 +58,8 @@ def main() -> None:
         for warm in ((False, True) if repeat % 2 == 0 else (True, False)):
             runs[warm] = r = run_dag(warm, args.cores)
             print(f"repeat {repeat + 1} {'warm' if warm else 'cold'}: DAG {r['wall']:.1f} s, base model job "
-                  f"{r['base']:.1f} s, {r['n']} jobs summing to {r['jobs']:.1f} s", flush=True)
+                  f"{r['base']:.1f} s, {r['n']} jobs summing to {r['jobs']:.1f} s ("
+                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stages"].items())) + ")", flush=True)
         ratios.append(runs[True]["wall"] / runs[False]["wall"])
     print(f"warm/cold DAG wall-time ratio: {statistics.median(ratios):.3f}")
 

@@ -1,27 +1,34 @@
-"""The tiny base model's pre-training step: one padded, masked batch against the same batch as length-sorted
-micro-batches (`base_model.batch_loss_backward`, what pre-training runs), side by side on identical batches.
+"""The tiny base model's pre-training step three ways on identical batches: one padded, masked batch;
+length-sorted micro-batches in turn on the job's intra-op threads; and the same micro-batches spread over
+worker processes of one thread each (`shared_grad.SharedGradients`, what pre-training runs).
 
-    python benchmarks/pretrain_step.py [--steps 60] [--threads 2]
+    python benchmarks/pretrain_step.py [--steps 40] [--rounds 3] [--threads 2]
 
-Both variants compute the same loss and gradient (tests/unit/test_base_model.py checks it); what differs is
-the padding the model runs on. The corpus is the default toy world's pre-training split, the model the
-default study's shape, and each step is the whole optimizer step (forward, backward, clipping, AdamW).
-The two variants alternate on the same sequence of batches, each on its own copy of the same initial
-weights, after a warm-up; the last line is the median of the per-step time ratios.
+All three compute the same loss and gradient (tests/unit/test_shared_grad.py checks it); what differs is
+the padding the model runs on and how the cores share the work. The corpus is the default toy world's
+pre-training split, the model the default study's shape, and each step is the whole optimizer step
+(forward, backward, clipping, AdamW). Each variant runs in a process of its own, since idle OpenMP threads
+spinning after one variant's steps would slow the next; the variants take turns in every round, in
+alternating order, so a drift in the machine's speed does not favour one. `--threads` is the base_model
+job's thread count: the intra-op threads of the first two, the number of processes of the third. The last
+line is the median over rounds of the step-time ratio of processes to threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
-from frpo_workflow.base_model import TinyModelConfig, batch_loss_backward, build_tiny_model, chat_text, train_tokenizer
+from frpo_workflow.base_model import TinyModelConfig, build_tiny_model, chat_text, train_tokenizer
 from frpo_workflow.data.toy import build_toy_world
+from frpo_workflow.shared_grad import SharedGradients, batch_loss_backward
 
 
 def padded_batch_backward(model, batch: list[list[int]], pad_id: int) -> float:
@@ -37,44 +44,64 @@ def padded_batch_backward(model, batch: list[list[int]], pad_id: int) -> float:
     return loss.item()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=60, help="timed steps per variant (>= 20)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads (the base_model job gets 2)")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+VARIANTS = ("one padded batch", "micro-batches, threads", "micro-batches, processes")
+
+
+def time_steps(variant: str, steps: int, warmup: int, threads: int) -> list[float]:
+    """Seconds of each optimizer step after `warmup`, of one variant on the default study's corpus and model."""
     cfg = TinyModelConfig()
     records = build_toy_world(0)["pretrain"]
     tokenizer = train_tokenizer([f"{r['prompt']} {r['completion']}" for r in records], cfg.vocab_size)
     ids = [tokenizer(chat_text(tokenizer, r["prompt"], r["completion"]), add_special_tokens=False)["input_ids"]
            for r in records]
-    rng = random.Random(0)
-    batches = [[ids[i] for i in rng.sample(range(len(ids)), cfg.batch_size)] for _ in range(args.warmup + args.steps)]
-    padding = 1 - sum(map(len, sum(batches, []))) / sum(len(b) * max(map(len, b)) for b in batches)
-    base = build_tiny_model(tokenizer, cfg)
-    variants = {"one padded batch": padded_batch_backward, "micro-batches": batch_loss_backward}
-    state = {}
-    for name in variants:
-        model = copy.deepcopy(base).train()
-        state[name] = (model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01))
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for i, batch in enumerate(batches):
-        for name, step in variants.items():
-            model, opt = state[name]
+    rng = random.Random(0)  # the same batches for every variant
+    batches = [[ids[i] for i in rng.sample(range(len(ids)), cfg.batch_size)] for _ in range(warmup + steps)]
+    model = build_tiny_model(tokenizer, cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    pad = tokenizer.pad_token_id
+    torch.set_num_threads(threads)
+    with SharedGradients(model, threads if variant == "micro-batches, processes" else 1) as workers:
+        step = {"one padded batch": lambda b: padded_batch_backward(model, b, pad),
+                "micro-batches, threads": lambda b: batch_loss_backward(model, b, pad),
+                "micro-batches, processes": lambda b: workers.loss_backward(b, pad)}[variant]
+        times = []
+        for batch in batches:
             start = time.perf_counter()
-            step(model, batch, tokenizer.pad_token_id)
+            step(batch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - start)
-    print(f"{len(records)} records, batch {cfg.batch_size}, padding of one padded batch {padding:.0%}, "
-          f"{args.threads} threads, {args.steps} steps each")
-    for name, ts in times.items():
-        print(f"{name:>18}: median {statistics.median(ts) * 1000:.1f} ms a step")
-    ratios = [new / old for old, new in zip(times["one padded batch"], times["micro-batches"])]
-    print(f"micro-batches/padded step-time ratio: {statistics.median(ratios):.3f}")
+            times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per variant and round (>= 20)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="the base_model job's threads (it gets 2)")
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(time_steps(args.child, args.steps, args.warmup, args.threads)))
+        return
+    medians: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(args.rounds):
+        for variant in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
+            out = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
+                                  "--warmup", str(args.warmup), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, check=True).stdout
+            medians[variant].append(statistics.median(json.loads(out.splitlines()[-1])))
+        print(f"round {r + 1}: " + ", ".join(f"{v} {medians[v][-1] * 1000:.1f} ms" for v in VARIANTS), flush=True)
+    print(f"batch {TinyModelConfig().batch_size}, {args.threads} threads or processes, {args.steps} steps a variant "
+          f"and round, {args.rounds} rounds (median step time per round)")
+    pairs = (("micro-batches, threads", "one padded batch"), ("micro-batches, processes", "micro-batches, threads"))
+    for new, old in pairs:
+        ratios = [b / a for a, b in zip(medians[old], medians[new])]
+        print(f"{new} / {old}: {statistics.median(ratios):.3f}")
+    ratios = [b / a for a, b in zip(medians["micro-batches, threads"], medians["micro-batches, processes"])]
+    print(f"processes/threads step-time ratio: {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

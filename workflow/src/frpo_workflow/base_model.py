@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .shared_grad import SharedGradients
+
 REF_FILE = "model_ref.json"
 
 # Chat markup of the tiny model. One template for pre-training, alignment, fine-tuning and evaluation,
@@ -104,48 +106,12 @@ def chat_text(tokenizer, prompt: str, completion: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-# Pre-training splits each batch into this many micro-batches of similar lengths, each padded to its own
-# longest row, and adds their gradients: the same batch and the same mean loss as one padded batch, with
-# a third of the padding (random batches are ~30% padding; measured: 100 -> 90 ms a step on 2 threads).
-_MICRO_BATCHES = 2
-
-
-def _micro_batches(batch: list[list[int]], pad_id: int, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(input_ids, labels) per micro-batch: rows sorted by length, split into `parts`, right-padded, pads
-    labelled -100. Right padding needs no attention mask in a causal LM: no real token attends to a pad."""
-    rows = sorted(batch, key=len)
-    size = math.ceil(len(rows) / parts)
-    out = []
-    for start in range(0, len(rows), size):
-        chunk = rows[start:start + size]
-        width = max(len(x) for x in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id)
-        labels = torch.full((len(chunk), width), -100)
-        for row, x in enumerate(chunk):
-            input_ids[row, : len(x)] = labels[row, : len(x)] = torch.tensor(x)
-        out.append((input_ids, labels))
-    return out
-
-
-def batch_loss_backward(model, batch: list[list[int]], pad_id: int, parts: int = _MICRO_BATCHES) -> float:
-    """The causal-LM loss of `batch` (mean over every predicted token of every row), its gradient
-    accumulated into the model over `parts` micro-batches; returns the loss."""
-    n_targets = sum(len(x) - 1 for x in batch)  # each row predicts all but its first token
-    total = 0.0
-    for input_ids, labels in _micro_batches(batch, pad_id, parts):
-        logits = model(input_ids=input_ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                 ignore_index=-100, reduction="sum") / n_targets
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=print) -> dict:
+def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=print, workers: int = 1) -> dict:
     """Causal-LM pre-training on (prompt, completion) records; returns loss statistics.
 
     A plain loop rather than a Trainer: the model is ~1M parameters and per-step overhead dominates.
-    The loss covers the whole chat text, so the model also learns the prompt distribution.
+    The loss covers the whole chat text, so the model also learns the prompt distribution. Each batch's
+    gradient is computed over `workers` processes (`shared_grad`); the weights do not depend on how many.
     """
     if not records:
         raise ValueError("pre-training corpus is empty")
@@ -165,32 +131,35 @@ def pretrain(model, tokenizer, records: list[dict], cfg: TinyModelConfig, log=pr
     model.train()
     order: list[int] = []
     losses = []
-    for step in range(steps):
-        if len(order) < cfg.batch_size:
-            fresh = list(range(len(ids)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [ids[i] for i in order[: cfg.batch_size]]
-        del order[: cfg.batch_size]
-        loss = batch_loss_backward(model, batch, tokenizer.pad_token_id)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss)
-        if step % 100 == 0 or step == steps - 1:
-            log(f"pretrain step {step + 1}/{steps} loss {loss:.4f}")
+    with SharedGradients(model, workers) as gradients:
+        for step in range(steps):
+            if len(order) < cfg.batch_size:
+                fresh = list(range(len(ids)))
+                rng.shuffle(fresh)
+                order += fresh
+            batch = [ids[i] for i in order[: cfg.batch_size]]
+            del order[: cfg.batch_size]
+            loss = gradients.loss_backward(batch, tokenizer.pad_token_id)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss)
+            if step % 100 == 0 or step == steps - 1:
+                log(f"pretrain step {step + 1}/{steps} loss {loss:.4f}")
     model.eval()
     tail = losses[-max(1, steps // 10):]
     return {"steps": steps, "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}
 
 
-def build_tiny_base_model(records: list[dict], out_dir: str | Path, cfg: TinyModelConfig, log=print) -> dict:
-    """Train tokenizer + tiny model on the corpus and save both to `out_dir`; returns a summary."""
+def build_tiny_base_model(records: list[dict], out_dir: str | Path, cfg: TinyModelConfig, log=print,
+                          workers: int = 1) -> dict:
+    """Train tokenizer + tiny model on the corpus (pre-training over `workers` processes) and save both
+    to `out_dir`; returns a summary."""
     texts = [f"{r['prompt']} {r['completion']}" for r in records]
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_tiny_model(tokenizer, cfg)
-    stats = pretrain(model, tokenizer, records, cfg, log=log)
+    stats = pretrain(model, tokenizer, records, cfg, log=log, workers=workers)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

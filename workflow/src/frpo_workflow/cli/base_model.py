@@ -6,6 +6,8 @@
 
 import os
 
+import torch
+
 from ..base_model import TinyModelConfig, build_tiny_base_model, check_model_files, snapshot, write_model_ref
 from ..data.loaders import read_dataset
 from ..devices import check_devices
@@ -23,7 +25,12 @@ def main(argv=None) -> None:
         model = spec["model"]
         if model["source"] == "tiny":
             records = read_dataset(args.data)
-            summary = build_tiny_base_model(records, out, TinyModelConfig(**model.get("tiny", {})), log=log.info)
+            # One pre-training process per thread the job was given (OMP_NUM_THREADS): the tiny model's ops
+            # are too small for intra-op threads to share well. The weights are the same for any count.
+            workers = torch.get_num_threads()
+            log.info("pre-training over %d process(es)", workers)
+            summary = build_tiny_base_model(records, out, TinyModelConfig(**model.get("tiny", {})), log=log.info,
+                                            workers=workers)
         else:
             if model["source"] == "local":
                 path = os.path.abspath(model["path"])
