@@ -5,8 +5,13 @@
 Each repeat runs the whole default DAG (config.yaml) twice from nothing, in fresh temporary folders: once
 with every job started cold (`python -m`) and once with jobs forked from a preloaded interpreter; the
 order alternates between repeats, so a drift in the machine's speed does not favour one side. Also printed
-per run: the base model's job (alone at the head of the DAG) and the summed wall time of all jobs, in all
-and per stage, from Snakemake's per-job benchmark files. The last line is the median ratio of the DAG's wall times.
+per run: the time of a fixed reference workload just before it (the machine's speed then), the base
+model's job (alone at the head of the DAG) and the summed wall time of all jobs, in all and per stage, from
+Snakemake's per-job benchmark files. The last line is the median ratio of the DAG's wall times.
+
+A machine with SLURM's client configured but no controller answering adds ~9 s to every `snakemake` start
+(the SLURM executor plugin runs `scontrol show config` when it loads, with a 10 s timeout): run this where
+SLURM either works or is absent.
 """
 
 from __future__ import annotations
@@ -21,6 +26,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+REFERENCE = """
+import time, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                     num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True))
+ids = torch.randint(0, 1024, (32, 24))
+model(input_ids=ids, labels=ids).loss.backward()
+start = time.perf_counter()
+for _ in range(30):
+    model(input_ids=ids, labels=ids).loss.backward()
+print(time.perf_counter() - start)
+"""
+
+
+def reference_seconds() -> float:
+    """A fixed workload of the kind the DAG runs (30 forward + backward passes of the default tiny model's
+    shape on one thread), timed in a fresh process: how fast the machine is at the time of a run, so runs on
+    a machine whose speed drifts (a shared VM) can be compared."""
+    out = subprocess.run([sys.executable, "-c", REFERENCE], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
 
 
 def run_dag(warm: bool, cores: str) -> dict:
@@ -56,8 +85,10 @@ def main() -> None:
     for repeat in range(args.repeats):
         runs = {}
         for warm in ((False, True) if repeat % 2 == 0 else (True, False)):
+            reference = reference_seconds()
             runs[warm] = r = run_dag(warm, args.cores)
-            print(f"repeat {repeat + 1} {'warm' if warm else 'cold'}: DAG {r['wall']:.1f} s, base model job "
+            print(f"repeat {repeat + 1} {'warm' if warm else 'cold'} (reference workload {reference:.2f} s just "
+                  f"before): DAG {r['wall']:.1f} s, base model job "
                   f"{r['base']:.1f} s, {r['n']} jobs summing to {r['jobs']:.1f} s ("
                   + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stages"].items())) + ")", flush=True)
         ratios.append(runs[True]["wall"] / runs[False]["wall"])
