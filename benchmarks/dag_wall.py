@@ -31,11 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = """
 import time, torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from frpo_workflow.base_model import TinyModelConfig
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                                     num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True))
-ids = torch.randint(0, 1024, (32, 24))
+cfg = TinyModelConfig()
+model = LlamaForCausalLM(LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                                     intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                                     num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+                                     tie_word_embeddings=True))
+ids = torch.randint(0, cfg.vocab_size, (32, 24))
 model(input_ids=ids, labels=ids).loss.backward()
 start = time.perf_counter()
 for _ in range(30):

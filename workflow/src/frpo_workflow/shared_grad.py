@@ -171,27 +171,15 @@ class SharedGradients:
         if not self._conns:
             return batch_loss_backward(self.model, batch, pad_id, self.parts)
         n_targets = sum(len(x) - 1 for x in batch)
+        # At most `parts` = workers chunks: chunk 0 runs here, chunk i > 0 on worker i - 1, all at once.
         chunks = micro_batches(batch, pad_id, self.parts)
-        # Chunk 0 runs here; chunk i > 0 on worker (i - 1) % n, so a worker may take several in turn.
-        remote = [[] for _ in self._conns]
-        for i, chunk in enumerate(chunks[1:]):
-            remote[i % len(self._conns)].append(chunk)
-        losses = [0.0] * len(chunks)
-        round_ = 0
-        while True:
-            busy = [(w, remote[w][round_]) for w in range(len(self._conns)) if round_ < len(remote[w])]
-            for w, chunk in busy:
-                try:
-                    self._conns[w].send((*chunk, n_targets))
-                except OSError:
-                    raise self._died(w) from None
-            if round_ == 0:
-                losses[0] = micro_batch_loss_backward(self.model, *chunks[0], n_targets)
-            if not busy:
-                break
-            for w, _ in busy:
-                losses[1 + w + round_ * len(self._conns)] = self._receive(w)
-            round_ += 1
+        for w, chunk in enumerate(chunks[1:]):
+            try:
+                self._conns[w].send((*chunk, n_targets))
+            except OSError:
+                raise self._died(w) from None
+        losses = [micro_batch_loss_backward(self.model, *chunks[0], n_targets)]
+        losses += [self._receive(w) for w in range(len(chunks) - 1)]  # in chunk order
         return sum(losses)
 
     def _receive(self, w: int) -> float:
