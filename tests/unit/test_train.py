@@ -196,3 +196,69 @@ def test_vllm_settings_map_onto_trl_or_fail_naming_the_extra(monkeypatch):
     assert args == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
                     "vllm_tensor_parallel_size": 2}
     assert set(args) <= {f for f in GRPOConfig.__dataclass_fields__}  # TRL still has these fields
+
+
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="module")
+def lora_aligned(tmp_path_factory, base, world):
+    """A LoRA-aligned model as the align stage leaves it: an adapter folder over the base."""
+    root = tmp_path_factory.mktemp("lora_aligned")
+    settings = {"method": "frpo", "lam": 0.5, "lr": 1e-2, "steps": 2, "num_generations": 4, "prompts_per_step": 2,
+                "max_completion_length": 6, "save_steps": 10, "lora": LORA, "rewards": ["test_brevity"]}
+    run_policy_optimisation(base, world["align_prompts"], policy_config(settings), root / "out", root / "ckpt")
+    assert (root / "out" / "adapter_config.json").exists()
+    return root / "out"
+
+
+def test_a_lora_aligned_model_loads_with_every_parameter_trainable(lora_aligned):
+    model, _ = load_model_and_tokenizer(lora_aligned)
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert not frozen, f"merged LoRA model left {len(frozen)} parameters frozen, e.g. {frozen[:3]}"
+
+
+def test_full_sft_of_a_lora_aligned_model_trains_every_parameter(tmp_path, lora_aligned, world):
+    summary = run_sft(lora_aligned, world["sft_affirmative"], sft_config({**SFT, "logging_steps": 1}), tmp_path / "out",
+                      tmp_path / "ckpt")
+    before, after = _params(lora_aligned), _params(tmp_path / "out")
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("mlp.up_proj.weight"))
+    assert any(h.get("grad_norm", 0) > 0 for h in summary["log_history"])
+
+
+def test_full_rl_of_a_lora_aligned_model_trains_every_parameter(tmp_path, lora_aligned, world):
+    settings = {"lr": 1e-2, "steps": 2, "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 6,
+                "save_steps": 10, "rewards": ["test_brevity"]}
+    run_policy_optimisation(lora_aligned, world["rl_arithmetic"], policy_config(settings), tmp_path / "out",
+                            tmp_path / "ckpt")
+    before, after = _params(lora_aligned), _params(tmp_path / "out")
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("mlp.up_proj.weight"))
+
+
+def test_a_lora_regime_on_a_lora_aligned_model_trains_its_own_adapter(tmp_path, lora_aligned, world):
+    cfg = sft_config({**SFT, "lr": 1e-2, "lora": {**LORA, "target_modules": ["up_proj"]}})
+    run_sft(lora_aligned, world["sft_affirmative"], cfg, tmp_path / "out", tmp_path / "ckpt")
+    import json
+
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["up_proj"]  # its own adapter, not the alignment's q/v one
+    before, after = _params(lora_aligned), _params(tmp_path / "out")
+    assert _changed(before, after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("up_proj" in k for k in changed)
+
+
+def test_a_run_that_can_train_nothing_fails_naming_it(tmp_path, base, world):
+    """Frozen parameters under gradient checkpointing (the presets') log grad_norm 0 and would save the
+    input unchanged; the run fails instead, and leaves no output."""
+    from frpo_workflow.train import NothingTrained
+
+    class Freeze(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.requires_grad_(False)
+
+    with pytest.raises(NothingTrained, match="gradient norm 0 at every logged step"):
+        run_sft(base, world["sft_affirmative"], sft_config({**SFT, "logging_steps": 1, "gradient_checkpointing": True}),
+                tmp_path / "out",
+                tmp_path / "ckpt", callbacks=[Freeze()])
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,8 @@ import torch
 from .shared_grad import SharedGradients
 
 REF_FILE = "model_ref.json"
+# Beside an adapter trained on a merged adapter: the stage it was trained on (see _load_causal_lm).
+ADAPTER_PARENT = "adapter_parent.json"
 
 # Chat markup of the tiny model. One template for pre-training, alignment, fine-tuning and evaluation,
 # so the prompt format never shifts between stages. Assistant turns end in <|end|>, the eos token.
@@ -254,7 +256,7 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", pad_token
     A base model recorded by reference carries the config's `pad_token` in its model_ref.json, so every
     downstream job that loads it gets the same tokenizer the base_model job checked.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     weights = resolve_model_path(path)
     pad_token = pad_token or (read_model_ref(path) or {}).get("pad_token")
@@ -262,11 +264,41 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32", pad_token
     if pad_token is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = pad_token
     check_tokenizer(tokenizer, str(path))
-    torch_dtype = getattr(torch, dtype)
-    if os.path.exists(os.path.join(weights, "adapter_config.json")):
+    return _load_causal_lm(weights, getattr(torch, dtype)), tokenizer
+
+
+def _load_causal_lm(weights: str, torch_dtype):
+    """The causal LM in `weights`; an adapter comes merged into its base, with every parameter trainable.
+
+    peft's merge leaves each parameter with requires_grad=False, so a full fine-tune of a LoRA-aligned
+    model trained nothing (grad_norm 0, KL 0 to its aligned model) until this switched them back on. An
+    adapter trained on a merged adapter (a LoRA regime on a LoRA-aligned model) names that stage in
+    `ADAPTER_PARENT`: its base is the parent merged, not the parent's own base model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.exists(os.path.join(weights, "adapter_config.json")):
+        return AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype)
+    parent = Path(weights) / ADAPTER_PARENT
+    if parent.is_file():
+        from peft import PeftModel
+
+        base = _load_causal_lm(resolve_model_path(Path(weights) / json.loads(parent.read_text())["stage"]), torch_dtype)
+        model = PeftModel.from_pretrained(base, weights).merge_and_unload()
+    else:
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(weights, dtype=torch_dtype).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch_dtype)
-    return model, tokenizer
+    return model.requires_grad_(True)
+
+
+def write_adapter_parent(adapter_dir: str | Path, parent_stage: str | Path) -> None:
+    """Record that the adapter in `adapter_dir` was trained on the merged adapter of `parent_stage`
+    (a path relative to `adapter_dir`, so a moved results folder still loads)."""
+    relative = os.path.relpath(Path(parent_stage).resolve(), Path(adapter_dir).resolve())
+    (Path(adapter_dir) / ADAPTER_PARENT).write_text(json.dumps({"stage": relative}) + "\n")
+
+
+def is_adapter(path: str | Path) -> bool:
+    """Whether a stage directory holds a LoRA adapter (loaded merged into its base)."""
+    return (Path(resolve_model_path(path)) / "adapter_config.json").is_file()

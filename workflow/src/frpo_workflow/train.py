@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .base_model import load_model_and_tokenizer
+from .base_model import is_adapter, load_model_and_tokenizer, write_adapter_parent
 from .data.loaders import to_dataset
 from .judges import build_judge
 from .prompts import truncate_prompts
@@ -79,6 +79,11 @@ def vllm_args(vllm: dict | None) -> dict:
         raise RuntimeError("settings ask for vLLM rollouts (vllm: ...) but vllm is not installed: "
                            "pip install -e '.[vllm]' on a CUDA machine, or remove the vllm key")
     return {"use_vllm": True, "vllm_mode": "colocate", **{VLLM_KEYS[k]: v for k, v in vllm.items()}}
+
+
+def _parent_adapter(model_dir, cfg: CommonTrainConfig) -> Path | None:
+    """The starting stage, when a LoRA run starts from a merged adapter: its adapter stacks on that one."""
+    return Path(model_dir) if cfg.lora is not None and is_adapter(model_dir) else None
 
 
 def _peft_config(cfg: CommonTrainConfig):
@@ -150,12 +155,47 @@ def resume_point(checkpoint_dir, fingerprint: str, is_main: bool = True) -> str 
     return last_checkpoint(checkpoint_dir)
 
 
-def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint: str) -> dict:
+class NothingTrained(RuntimeError):
+    """A run that cannot change its model, or did not: saving its input as its output would be a false result."""
+
+
+def check_trainable(model, where: str) -> int:
+    """The number of trainable parameters; none is an error (a frozen model trains nothing, silently)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not trainable:
+        raise NothingTrained(f"{where}: the model has no trainable parameters ({sum(p.numel() for p in model.parameters())}"
+                             " frozen): the run would save its starting model unchanged")
+    return trainable
+
+
+def check_gradients(history: list[dict], where: str) -> None:
+    """Fail a run whose gradient norm was 0 at every logged step: nothing was trained.
+
+    A policy run whose every group had equal rewards (reward std 0 throughout) has no learning signal,
+    which is the rewards' doing, not the trainer's: a warning, not an error (a randomly initialised
+    rehearsal model earns no task reward at all).
+    """
+    norms = [h["grad_norm"] for h in history if "grad_norm" in h]
+    if not norms or any(n != 0 for n in norms):
+        return
+    flat = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
+    if flat and all(f == 1 for f in flat):
+        log.warning("%s: no learning signal: every group's rewards were equal at every logged step "
+                    "(frac_reward_zero_std 1), so the gradient norm stayed 0", where)
+        return
+    raise NothingTrained(f"{where}: gradient norm 0 at every logged step ({len(norms)} logged): nothing was "
+                         "trained (frozen parameters?); no output written")
+
+
+def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint: str,
+            parent_adapter: Path | None = None) -> dict:
     """Train (resuming where a matching checkpoint exists) and save the result to `out_dir`.
 
     The model is saved into the checkpoint folder first (`final/`, with the run's summary) and hard-linked
     into `out_dir`: a job killed after training, before its output was complete, finds `final/` on the
     rerun and does not train again. The caller removes the checkpoints once the output is complete.
+    A LoRA run on a merged adapter (`parent_adapter`, the stage it started from) records that stage beside
+    its adapter, so loading it stacks both.
     """
     args = trainer.args
     final = checkpoint_dir / FINAL
@@ -166,9 +206,12 @@ def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint
         log.info("training had finished before the job was stopped: taking the model saved in %s", final)
         summary = json.loads(summary_file.read_text())
     else:
+        where = f"training run {out_dir}"
+        check_trainable(trainer.model, where)
         result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(final))  # the adapter only, for LoRA; full weights otherwise
         history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+        check_gradients(history, where)
+        trainer.save_model(str(final))  # the adapter only, for LoRA; full weights otherwise
         summary = {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
                    "resumed_from": resume, "processes": trainer.accelerator.num_processes, "log_history": history}
         if trainer.is_world_process_zero():
@@ -176,6 +219,8 @@ def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint
             _atomic_json(summary_file, summary)  # written last: its presence marks `final/` complete
     if trainer.is_world_process_zero():
         _link_tree(final, out_dir, skip=(summary_file.name,))  # the CLI writes its own summary there
+        if parent_adapter is not None:
+            write_adapter_parent(out_dir, parent_adapter)
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -243,7 +288,8 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
         callbacks=list(callbacks),
         frpo=frpo,
     )
-    summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
+    summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg),
+                      _parent_adapter(model_dir, cfg))
     return {**summary, "prompts": len(records), "prompts_truncated": truncated}
 
 
@@ -268,4 +314,5 @@ def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoi
         peft_config=_peft_config(cfg),
         callbacks=list(callbacks),
     )
-    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg))
+    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg),
+                   _parent_adapter(model_dir, cfg))
