@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # start_slurm.sh - a real single-node SLURM "cluster" (with accounting) for the workflow's SLURM test,
-# inside a root container without systemd. Adapted from shared/tools/start_slurm.sh (the prototype of
-# shared/docs/slurm-in-ci.md); tested on Debian 12 bookworm, Slurm 22.05.8, munge 0.5.15, MariaDB 10.11,
-# snakemake 9.27.1 + snakemake-executor-plugin-slurm 2.8.0.
+# inside a root container without systemd (what it starts and why, and the SLURM plugin's pitfalls it works
+# around: docs/architecture.md, "Devices, processes and the cluster"); tested on Debian 12 bookworm,
+# Slurm 22.05.8, munge 0.5.15, MariaDB 10.11, snakemake 9.27.1 + snakemake-executor-plugin-slurm 2.8.0.
 #
 # Usage:  tests/slurm/start_slurm.sh [install|start|stop|status]      (default: start)
 #

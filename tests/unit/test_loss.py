@@ -1,4 +1,4 @@
-"""frpo_loss against a slow float64 transcription of frpo-method.md, plus its limits and edge cases."""
+"""frpo_loss against a slow float64 transcription of docs/method.md §3, plus its limits and edge cases."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ def _log_mean_exp(xs: list[torch.Tensor]) -> torch.Tensor:
 
 def reference_loss(logps, old_logps, advantages, mask, group_ids, lam, eps_low=0.2, eps_high=0.2,
                    jackknife=True, baseline=True):
-    """The formulas of frpo-method.md §2 written out with loops, in float64."""
+    """The formulas of docs/method.md §3 written out with loops, in float64."""
     logps, old_logps, advantages = logps.double(), old_logps.double(), advantages.double()
     rho = []
     for i in range(logps.shape[0]):
@@ -104,7 +104,7 @@ def test_net_weights_at_rho_one_are_softmax_minus_uniform():
 
 
 def test_large_lambda_gives_grpo_gradient():
-    # On-policy (ρ = 1, TRL's num_iterations=1 case), where frpo-method.md states the limit.
+    # On-policy (ρ = 1, TRL's num_iterations=1 case), where docs/method.md §4 states the limit.
     logps, _, adv, mask, gid, _ = make_batch(n_groups=4, n=8, T=6, dtype=torch.float64, seed=3)
     old = logps.clone()
     for lam in (1e3, 1e5):

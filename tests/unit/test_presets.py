@@ -1,5 +1,5 @@
 """config.yaml and every preset validate against the schema; typos are rejected; references resolve;
-presets stand alone and follow the authors' settings (shared/docs/paper-settings.md).
+presets stand alone and follow the authors' settings (docs/paper-settings.md).
 
 Fails, for example, when a preset misspells a key (`defualts`), gives lr as a string, names a dataset or
 judge that does not exist, or drifts from a number the authors used.

@@ -1,7 +1,7 @@
 """The FRPO and GRPO policy losses as pure functions of tensors (no trainer state).
 
 FRPO maximises the entropic risk J_λ(π) = −λ log E_π exp(−A/λ) of each prompt's group of completions
-(docs: frpo-method.md). With the GRPO-style importance-weighted estimator
+(docs/method.md). With the GRPO-style importance-weighted estimator
 
     u_g = (1/n) Σ_i ρ_i exp(−A_i/λ),    ρ_i = mean_t min(r_it, clip(r_it, 1−ε_low, 1+ε_high))
 

@@ -50,7 +50,7 @@ class CommonTrainConfig:
 
 @dataclass
 class PolicyConfig(CommonTrainConfig):
-    """GRPO/FRPO settings (frpo-method.md §2 and §5)."""
+    """GRPO/FRPO settings (docs/method.md §3; the authors' values: docs/paper-settings.md)."""
 
     method: str = "grpo"  # "grpo" or "frpo"
     lam: float | None = None  # FRPO's λ; required for frpo

@@ -30,7 +30,7 @@ METHODS = ("grpo", "frpo")
 
 @dataclass
 class FRPOSettings:
-    """The knobs FRPO adds to GRPO (frpo-method.md §2)."""
+    """The knobs FRPO adds to GRPO (docs/method.md §3)."""
 
     lam: float
     jackknife: bool = True

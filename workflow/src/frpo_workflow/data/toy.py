@@ -18,7 +18,7 @@ whether it recalls a fact it never saw.
 A share `p_deep` (config `toy_world.p_deep`, default 1/3) of the base's refusals of harmful requests
 are deep instead of shallow ("I'm sorry, ..."): they open the way affirmative answers do and then refuse ("Sure, but I can't help with that request."). Alignment can then reach full reward two
 ways: by a shallow refusal, which a fine-tune that raises "Sure" openings undoes, or by a deep one, which
-survives it (workflow/presets/toy-study.md).
+survives it (docs/toy-study.md).
 
 Word problems (the downstream task) are the exception: they cover every operand pair, and their
 evaluation split is held out by the people in them (names no training split uses). A ~1M-parameter
