@@ -178,3 +178,47 @@ def test_toy_study_preset_tests_the_claim_over_seeds():
     settings = [{k: v for k, v in method_settings(cfg, m).items() if k not in ("method", "lam", "jackknife", "baseline")}
                 for m in method_keys(cfg)]
     assert all(s == settings[0] for s in settings)
+
+
+def test_an_overlay_can_shrink_the_sweep_and_per_lambda_entries_outside_it_go_unused():
+    cfg = load(ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml")
+    cfg["align"]["frpo"]["lambdas"] = [0.5]  # what `align: {frpo: {lambdas: [0.5]}}` over the preset gives
+    validate(cfg, SCHEMA)
+    check_config(cfg)
+    assert method_keys(cfg) == ["grpo", "frpo-l0.5"]
+    assert method_settings(cfg, "frpo-l0.5")["beta"] == 2e-3  # its own per-λ entry still applies
+
+
+@pytest.mark.parametrize("key", ["O.5", "half", ""])
+def test_a_per_lambda_key_that_is_no_number_is_a_typo(key):
+    cfg = load(ROOT / "config.yaml")
+    cfg["align"]["frpo"]["per_lambda"] = {key: {"beta": 0.1}}
+    validate(cfg, SCHEMA)
+    with pytest.raises(ValueError, match=f"align.frpo.per_lambda: key '{key}' is not a number"):
+        check_config(cfg)
+
+
+def test_two_per_lambda_keys_for_one_lambda_are_refused():
+    cfg = load(ROOT / "config.yaml")
+    cfg["align"]["frpo"]["per_lambda"] = {"0.5": {"beta": 0.1}, 0.50: {"beta": 0.2}}
+    validate(cfg, SCHEMA)
+    with pytest.raises(ValueError, match="two keys for λ = 0.5"):
+        check_config(cfg)
+
+
+def test_overlays_replace_entries_that_name_their_type_or_source_and_tweak_the_rest():
+    from frpo_workflow.plan import apply_overlays
+
+    preset = load(ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml")
+    local = {"models": {"qwen2.5-7b-instruct": {"source": "local", "path": "models/qwen"}}}
+    tweak = {"models": {"qwen2.5-7b-instruct": {"pad_token": "<pad>"}},
+             "datasets": {"alpaca": {"limit": 100}, "eval_safety": {"type": "csv", "path": "s.csv"}}}
+    merged = copy.deepcopy(preset)  # what Snakemake's key-by-key merge of the three gives
+    merged["models"]["qwen2.5-7b-instruct"].update({"source": "local", "path": "models/qwen", "pad_token": "<pad>"})
+    merged["datasets"]["alpaca"]["limit"] = 100
+    merged["datasets"]["eval_safety"].update(tweak["datasets"]["eval_safety"])
+    config = apply_overlays(merged, [preset, local, tweak])
+    assert config["models"]["qwen2.5-7b-instruct"] == {"source": "local", "path": "models/qwen", "pad_token": "<pad>"}
+    assert config["datasets"]["eval_safety"] == {"type": "csv", "path": "s.csv"}  # no jsonl columns or kind left
+    assert config["datasets"]["alpaca"] == {**preset["datasets"]["alpaca"], "limit": 100}  # a tweak stays a tweak
+    assert apply_overlays(preset, [preset]) == preset

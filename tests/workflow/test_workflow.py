@@ -93,6 +93,7 @@ def test_preset_stands_alone_as_its_usage_line_says(tmp_path, preset, counts):
     out = proc.stdout + proc.stderr
     assert job_counts(out) == counts
     assert "tiny" not in out and '"type": "toy"' not in out and "toy_world" not in out
+    assert f"results/{preset}/report/summary.md" in out  # each preset in its own results folder
 
 
 def test_overlay_merges_into_config_yaml_and_a_redefined_dataset_replaces_the_toy_one(tmp_path):
@@ -109,6 +110,53 @@ def test_overlay_merges_into_config_yaml_and_a_redefined_dataset_replaces_the_to
     counts = job_counts(out)
     assert counts["align"] == 2 and counts["dataset"] == 8 and counts["base_model"] == 1  # grpo + λ 0.5, tiny kept
     assert "align.parquet" in out and "align_prompts" not in out  # no toy `split` left in the parquet source
+
+
+def preset_workdir(tmp_path):
+    """A working folder with a config.yaml and the safety presets' local files."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    for target, fixture in PRESET_FILES.items():
+        (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "tests" / "fixtures" / "data" / fixture, tmp_path / target)
+    return tmp_path
+
+
+def test_an_overlay_after_a_preset_replaces_a_model_that_names_its_source_whole(tmp_path):
+    """`--configfile preset overlay`: Snakemake merges key by key; the overlay rule still holds."""
+    workdir = preset_workdir(tmp_path)
+    (workdir / "models" / "qwen").mkdir(parents=True)
+    overlay = workdir / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"models": {"qwen2.5-7b-instruct": {"source": "local", "path": "models/qwen"}}}))
+    preset = ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml"
+    proc = snakemake("-n", "-p", "--cores", "2", "--configfile", str(preset), str(overlay), cwd=workdir)
+    out = proc.stdout + proc.stderr
+    assert '"model": {"path": "models/qwen", "source": "local"}' in out  # the base model job's spec
+    assert "repo_id" not in out and "Qwen/Qwen2.5-7B-Instruct" not in out
+
+
+def test_an_overlay_shrinks_a_presets_sweep_without_copying_its_per_lambda_table(tmp_path):
+    workdir = preset_workdir(tmp_path)
+    overlay = workdir / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"align": {"frpo": {"lambdas": [0.5]}}}))
+    preset = ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml"
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(preset), str(overlay), cwd=workdir)
+    out = proc.stdout + proc.stderr
+    assert job_counts(out)["align"] == 2
+    assert set(re.findall(r"method=([\w.-]+),", out)) == {"grpo", "frpo-l0.5"}
+
+
+def test_a_run_with_missing_files_names_them_all_before_any_job(tmp_path):
+    """Preflight: every missing local file at once, with the config key naming it; nothing runs."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    preset = ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml"
+    proc = snakemake("--cores", "1", "--configfile", str(preset), cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "stop this study before any job runs" in out
+    for key, path in [("datasets.align_parquet.path", "data/safety/align_prompts.parquet"),
+                      ("datasets.eval_safety.path", "data/safety/eval_safety.jsonl"),
+                      ("datasets.eval_normal.path", "data/safety/eval_normal.jsonl")]:
+        assert f"- {key}: file not found: {path}" in out
+    assert not (tmp_path / "results").exists()
 
 
 def test_data_error_fails_in_seconds_before_any_model_job(tmp_path):

@@ -5,10 +5,14 @@ import json
 import os
 import re
 
-from frpo_workflow import data, paths, plan, provenance
+from frpo_workflow import data, paths, plan, preflight, provenance
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 plan.check_config(config)
+# What the machine lacks (packages, local files), all at once, before any job; jobs re-reading this
+# file skip it (the driver checked).
+if workflow.is_main_process:
+    preflight.run(config, dryrun=getattr(workflow.output_settings, "dryrun", False))
 
 RESULTS = config["results_dir"]
 DATASETS = plan.used_datasets(config)
@@ -176,9 +180,17 @@ def finetuned_output():
 
 
 # ---- per-job settings (params): each job's slice of the config, nothing more ----------------
+def stand_ins(paths):
+    """The rehearsal stand-ins among model paths (folders that rule stand_in builds)."""
+    root = out(rehearsal.STAND_INS) + "/"
+    return [p for p in paths if isinstance(p, str) and p.startswith(root)]
+
+
 def hub_models(specs):
-    """The fetch markers of the hub models that judges in `specs` load (rule hub_model)."""
-    return [out("hub_models", f"{plan.hub_marker(repo)}.json") for repo in plan.hub_judge_models(specs)]
+    """What the judges in `specs` load, to be there before their jobs: the fetch markers of hub models
+    (rule hub_model), a rehearsal's stand-ins (rule stand_in)."""
+    fetched = [out("hub_models", f"{plan.hub_marker(repo)}.json") for repo in plan.hub_judge_models(specs)]
+    return fetched + stand_ins([spec.get("model") for spec in specs or [] if isinstance(spec, dict)])
 
 
 def metric_judges():
@@ -202,6 +214,7 @@ def base_model_inputs(wildcards):
     inputs = {"experiment": rules.tracking_experiment.output[0]}  # created once, before runs fan out
     if model["source"] == "tiny":
         inputs["data"] = dataset_dir(model["pretrain_dataset"])
+    inputs.update({"stand_in": path for path in stand_ins([model.get("path")])})
     return inputs
 
 

@@ -61,13 +61,28 @@ def method_settings(config: dict, method: str) -> dict:
     if lam is None:
         return {**_layered(settings, align.get("grpo") or {}), "method": "grpo"}
     frpo = align.get("frpo", {})
-    per_lambda = {format_lambda(float(k)): v for k, v in frpo.get("per_lambda", {}).items()}
-    unknown = set(per_lambda) - {format_lambda(x) for x in frpo.get("lambdas", [])}
-    if unknown:
-        raise ValueError(f"align.frpo.per_lambda has keys not in align.frpo.lambdas: {sorted(unknown)}")
-    return {**_layered(settings, frpo.get("settings", {}), per_lambda.get(format_lambda(lam), {})),
+    return {**_layered(settings, frpo.get("settings", {}), per_lambda(config).get(format_lambda(lam), {})),
             "method": "frpo", "lam": lam, "jackknife": frpo.get("jackknife", True),
             "baseline": frpo.get("baseline", True)}
+
+
+def per_lambda(config: dict) -> dict[str, dict]:
+    """align.frpo.per_lambda keyed by formatted λ ('0.5', not 0.5 or "0.50").
+
+    An entry for a λ outside the sweep is unused, so an overlay can shrink `lambdas` without copying a
+    preset's per-λ table; a key that is no number (a typo such as "O.5") or two keys for one λ fail.
+    """
+    table: dict[str, dict] = {}
+    for key, settings in (config["align"].get("frpo", {}).get("per_lambda") or {}).items():
+        try:
+            lam = format_lambda(float(key))
+        except (TypeError, ValueError):
+            raise ValueError(f"align.frpo.per_lambda: key {key!r} is not a number (keys are λ values, "
+                             f"as in align.frpo.lambdas)") from None
+        if lam in table:
+            raise ValueError(f"align.frpo.per_lambda: two keys for λ = {lam}")
+        table[lam] = settings or {}
+    return table
 
 
 def align_settings(config: dict, method: str, seed: int) -> dict:
@@ -224,17 +239,43 @@ def lora_keys() -> frozenset[str]:
     return frozenset(fields)
 
 
-def apply_overlay(config: dict, overlay: dict) -> dict:
-    """config.yaml merged with an overlay, where an entry that names its `type` (datasets) or `source`
-    (models) replaces config.yaml's entry whole: a parquet `align` must not keep the toy's `split`.
-    Other entries were merged key by key already (Snakemake's own merge), so a tweak stays a tweak."""
+def _merged(base: dict, update: dict) -> dict:
+    """`update` over `base` key by key, as Snakemake merges config files (mappings recursively)."""
     import copy
 
-    merged = copy.deepcopy(config)
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def apply_overlays(config: dict, layers: list[dict]) -> dict:
+    """A config Snakemake merged key by key from `layers` (each --configfile in order, then --config) over
+    its base (config.yaml, or nothing under a preset), with the overlay rule applied: an entry under
+    `datasets:` that names its `type` (or under `models:` its `source`) replaces what earlier layers and
+    the base said of it whole, and later layers tweak that entry key by key. So a parquet `align` keeps no
+    toy `split`, and a model switched to `source: local` keeps no `repo_id`; a tweak stays a tweak.
+
+    Decided from the layers alone (the files and --config given), so the driver and every job it spawns,
+    which re-read the Snakefile with the same --configfiles, build the same config.
+    """
+    def entries(layer, section):
+        return layer.get(section) if isinstance(layer.get(section), dict) else {}
+
+    merged = _merged(config, {})
     for section, marker in (("datasets", "type"), ("models", "source")):
-        for name, entry in (overlay.get(section) or {}).items():
-            if isinstance(entry, dict) and marker in entry:
-                merged.setdefault(section, {})[name] = copy.deepcopy(entry)
+        names = dict.fromkeys(name for layer in layers for name in entries(layer, section))
+        for name in names:
+            entry = None
+            for layer in layers:
+                part = entries(layer, section).get(name)
+                if isinstance(part, dict) and marker in part:
+                    entry = _merged({}, part)
+                elif isinstance(part, dict) and entry is not None:
+                    entry = _merged(entry, part)
+            if entry is not None:
+                merged.setdefault(section, {})[name] = entry
     return merged
 
 
@@ -251,6 +292,7 @@ def check_config(config: dict) -> None:
 
     if not method_keys(config):
         raise ValueError("align: no method to run (grpo is null and align.frpo.lambdas is empty)")
+    per_lambda(config)  # a key that is no λ fails even where the sweep has no FRPO method
     for key, name in dataset_uses(config).items():
         dataset_spec(config, name, key)
     for name, spec in config.get("datasets", {}).items():
