@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from frpo_workflow.loss import frpo_loss, frpo_weights, grpo_loss
+from frpo_workflow.loss import frpo_advantages, frpo_loss, frpo_weights, grpo_loss
 
 
 def _log_mean_exp(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -276,3 +276,85 @@ def test_rejects_float_group_ids_and_bad_shapes():
         frpo_loss(logps, old, adv, mask, gid.float(), 1.0)
     with pytest.raises(ValueError, match="advantages"):
         frpo_loss(logps, old, adv[:-1], mask, gid, 1.0)
+
+
+# --- frpo_advantages: FRPO's reweighting as the advantages of GRPO's loss ---------------------------
+
+@pytest.mark.parametrize("lam", [0.01, 0.5, 5.0, 100.0])
+@pytest.mark.parametrize("jackknife", [True, False])
+@pytest.mark.parametrize("baseline", [True, False])
+def test_grpo_loss_on_frpo_advantages_has_frpo_loss_gradient_on_policy(lam, jackknife, baseline):
+    # The definition of the advantages: at ρ = 1 (old = current log-probs) GRPO's surrogate on Ã and FRPO's
+    # loss on A have one gradient. The trainer minimises the former, through TRL's own loss.
+    logps, _, adv, mask, gid, _ = make_batch(n_groups=3, n=5, T=6, adv_scale=10.0, dtype=torch.float64, seed=9)
+    _, g_frpo = _value_and_grad(lambda x: frpo_loss(x, x.detach(), adv, mask, gid, lam, jackknife=jackknife,
+                                                    baseline=baseline), logps)
+    tilde = frpo_advantages(adv, gid, lam, jackknife=jackknife, baseline=baseline)
+    _, g_grpo = _value_and_grad(lambda x: grpo_loss(x, x.detach(), tilde, mask), logps)
+    assert torch.allclose(g_grpo, g_frpo, rtol=1e-9, atol=1e-12 * g_frpo.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_lambda_advantages_are_the_raw_ones(dtype):
+    # λ → ∞: Ã → A (GRPO on raw advantages), and with the jackknife Ã → A·n/(n−1); the gap is O(A²/λ),
+    # so it must not drown in rounding (1 − n·softmax would keep one digit of −A/λ = 1e-6 in float32).
+    _, _, adv, _, gid, _ = make_batch(n_groups=4, n=8, seed=2)
+    adv = adv.to(dtype)
+    for lam in (1e4, 1e6):
+        for jackknife, factor in ((False, 1.0), (True, 8 / 7)):
+            tilde = frpo_advantages(adv, gid, lam, jackknife=jackknife)
+            assert tilde.dtype == dtype
+            gap = (tilde.double() - factor * adv.double()).abs().max().item()
+            assert gap < 20 / lam, (lam, jackknife, gap)
+
+
+def test_frpo_advantages_are_centred_and_favour_the_worst_at_small_lambda():
+    _, _, adv, _, gid, _ = make_batch(n_groups=3, n=6, adv_scale=50.0, dtype=torch.float64, seed=4)
+    for jackknife in (True, False):
+        for lam in (0.01, 0.3, 3.0):
+            tilde = frpo_advantages(adv, gid, lam, jackknife=jackknife)
+            for g in gid.unique():
+                rows = gid == g
+                assert abs(tilde[rows].sum().item()) < 1e-9 * max(1.0, tilde[rows].abs().max().item())
+                if not jackknife:  # monotone in A: better is pushed up more (the jackknife's need not be:
+                    order = torch.argsort(adv[rows])  # at small λ it pushes the second worst up hard)
+                    assert (tilde[rows][order].diff() >= -1e-9).all()
+    tilde = frpo_advantages(adv, gid, 0.01, jackknife=False)
+    for g in gid.unique():  # small λ: the worst completion alone carries the push down, −s·(n − 1)
+        rows = gid == g
+        assert tilde[rows].min().item() == pytest.approx(-5.0) and tilde[rows].max().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frpo_advantages_are_finite_and_exact_at_extreme_scales(dtype):
+    _, _, adv, _, gid, _ = make_batch(n_groups=3, n=4, adv_scale=50.0, seed=6)
+    adv = adv.clamp(-50, 50)
+    for lam in (0.01, 1.0, 100.0):
+        for jackknife in (True, False):
+            ref = frpo_advantages(adv.to(dtype).double(), gid, lam, jackknife=jackknife)
+            got = frpo_advantages(adv.to(dtype), gid, lam, jackknife=jackknife)
+            assert torch.isfinite(got).all()
+            assert torch.allclose(got.double(), ref, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                                  atol=1e-3 * max(lam, 1.0))
+
+
+def test_frpo_advantages_of_unequal_groups_are_each_groups_own():
+    _, _, adv, _, _, _ = make_batch(n_groups=1, n=13, dtype=torch.float64, seed=4, shuffle=False)
+    gid = torch.tensor([9, 2, 2, 5, 5, 5, 5, 2, 9, 9, -1, 9, 9])
+    for jackknife in (True, False):
+        together = frpo_advantages(adv, gid, 0.2, jackknife=jackknife)
+        for g in gid.unique():
+            rows = gid == g
+            alone = frpo_advantages(adv[rows], torch.zeros(int(rows.sum()), dtype=torch.long), 0.2, jackknife=jackknife)
+            assert torch.allclose(together[rows], alone)
+    assert frpo_advantages(adv, gid, 0.2)[gid == -1].item() == 0.0  # a group of one has nothing to compare
+
+
+def test_frpo_advantages_reject_bad_input():
+    _, _, adv, _, gid, _ = make_batch()
+    with pytest.raises(ValueError, match="lambda > 0"):
+        frpo_advantages(adv, gid, 0.0)
+    with pytest.raises(TypeError, match="integer"):
+        frpo_advantages(adv, gid.float(), 1.0)
+    with pytest.raises(ValueError, match="one size"):
+        frpo_advantages(adv[:-1], gid, 1.0)

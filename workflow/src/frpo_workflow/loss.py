@@ -19,6 +19,11 @@ a per-completion weight times a per-token one. Both factors are formed in closed
 pass (`_token_pass`, `_group_objective`) and backward is a single (B, T) multiply, so forward +
 backward costs about what GRPO's clipped surrogate does (benchmarks/frpo_loss.py). The closed forms
 are checked against autograd on a float64 transcription of the formulas (tests/unit/test_loss.py).
+
+What training minimises: `frpo_advantages`, the per-completion weights of that gradient at ρ = 1 written
+as advantages, fed to TRL's own GRPO loss (trainer.py), so both arms share TRL's one loss path with all
+its corrections. On-policy it has `frpo_loss`'s gradient exactly; `frpo_loss` stays the definition (and
+the reference the tests and benchmarks hold it to).
 """
 
 from __future__ import annotations
@@ -194,6 +199,71 @@ def frpo_loss(
     dtype = _work_dtype(logps, old_logps, advantages)
     return _FRPOLoss.apply(logps.to(dtype), old_logps.to(dtype), advantages.detach().to(dtype), mask.bool(),
                            group_ids, lam, math.log1p(eps_high), jackknife, baseline)
+
+
+def _expm1_log_mean_shift(y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """expm1(y_i − log mean_{j valid} exp(y_j)) along the last dim, relative-accurate when every y is tiny.
+
+    That is n·softmax(y)_i − 1 over the valid entries (n of them), formed without the cancellation of
+    1 − n·softmax in finite precision: with m the largest valid y, y_i − log mean exp(y) =
+    (y_i − m) − log1p(mean expm1(y − m)), and every term is as small as the spread of y (−A/λ at λ = 1e6
+    is ~1e-6; `1 − n·softmax` would keep one significant digit of it in float32).
+    """
+    m = y.masked_fill(~valid, _LOG_ZERO).amax(-1, keepdim=True)
+    d = (y - m).masked_fill(~valid, 0.0)
+    count = valid.sum(-1, keepdim=True).clamp(min=1).to(y.dtype)
+    log_mean = torch.log1p(torch.expm1(d).masked_fill(~valid, 0.0).sum(-1, keepdim=True) / count)
+    return torch.expm1(d - log_mean).masked_fill(~valid, 0.0)
+
+
+def frpo_advantages(
+    advantages: torch.Tensor,
+    group_ids: torch.Tensor,
+    lam: float,
+    jackknife: bool = True,
+    baseline: bool = True,
+) -> torch.Tensor:
+    """FRPO's reweighting as advantages for GRPO's loss: Ã (B,), the same dtype as `advantages`.
+
+    The trainer minimises TRL's own GRPO loss (every correction TRL applies included) on Ã instead of A,
+    so the two arms differ in these numbers only. Ã is defined by the on-policy gradient of `frpo_loss`:
+    at ρ = 1 that loss's gradient w.r.t. log π_θ(y_it) is a per-completion weight w_i over the token count
+    T_i, and GRPO's is −A_i/(B·T_i); so Ã_i = −n·G·w_i (B = n·G rows in G groups of n), which makes GRPO's
+    loss on Ã and `frpo_loss` agree in gradient wherever ρ = 1 (tests/unit/test_loss.py). Per group, with
+    s = max(λ, 1) and e_i = n·softmax_g(−A/λ)_i − 1 (e^(−k)_i the same over the group without member k):
+
+        baseline, no jackknife:  Ã_i = −s·e_i                        (→ A_i as λ → ∞: GRPO on raw advantages)
+        baseline, jackknife:     Ã_i = −s·(n·e_i − Σ_{k≠i} e^(−k)_i)  (→ A_i·n/(n−1) as λ → ∞)
+        no baseline:             the same minus s (every completion pushed down by s, as in `frpo_loss`).
+
+    Off-policy (several iterations per generation) the two differ: `frpo_loss` re-weights with the current
+    ρ inside the softmax, GRPO's clipped surrogate keeps Ã fixed per generation as it keeps A fixed. The
+    trainer uses the surrogate, so FRPO's λ → ∞ limit is TRL's GRPO in every mode. Groups may have any
+    size (each is handled on its own; GRPO's row mean then weights rows, not groups, equally).
+    """
+    if not lam > 0:
+        raise ValueError(f"FRPO needs lambda > 0, got {lam}")
+    if group_ids.dtype.is_floating_point or group_ids.dtype == torch.bool:
+        raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    if advantages.dim() != 1 or group_ids.shape != advantages.shape:
+        raise ValueError(f"advantages and group_ids must be (B,) tensors of one size, got "
+                         f"{tuple(advantages.shape)} and {tuple(group_ids.shape)}")
+    index, position, counts = _group_layout(group_ids)
+    y = _table(-advantages.detach().to(_work_dtype(advantages)) / lam, index, 0.0)  # (G, n)
+    size = y.shape[1]
+    valid = torch.arange(size, device=y.device) < counts.unsqueeze(1)  # (G, n): real members
+    e = _expm1_log_mean_shift(y, valid)
+    if jackknife:
+        # Row k of the (G, n, n) tables is the group without member k; a one-member group has no such row.
+        eye = torch.eye(size, dtype=torch.bool, device=y.device)
+        loo_valid = valid.unsqueeze(1) & ~eye & (counts > 1).view(-1, 1, 1) & valid.unsqueeze(2)
+        loo = _expm1_log_mean_shift(y.unsqueeze(1).expand(-1, size, -1), loo_valid)
+        weight = counts.to(y.dtype).unsqueeze(1) * e - loo.sum(1)
+    else:
+        weight = e
+    if not baseline:
+        weight = weight + 1.0
+    return _rows(-max(lam, 1.0) * weight, position).to(advantages.dtype)
 
 
 def frpo_weights(advantages: torch.Tensor, group_ids: torch.Tensor, lam: float) -> torch.Tensor:

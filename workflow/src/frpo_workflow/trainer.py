@@ -1,10 +1,16 @@
-"""FRPOTrainer: TRL's GRPOTrainer with exact group ids and the FRPO loss swapped in.
+"""FRPOTrainer: TRL's GRPOTrainer with exact group ids, FRPO's reweighting swapped in for the advantages.
 
-GRPO (method "grpo") runs TRL's own loss untouched. FRPO (method "frpo") replaces only the policy
-loss by `loss.frpo_loss`; generation, rewards, advantages (not std-scaled), the reference model and
-the β·KL term (k3, per-sequence token mean, batch mean: exactly GRPO's) stay TRL's.
+Both arms run TRL's own `GRPOTrainer._compute_loss`, one code path. GRPO (method "grpo") passes TRL's
+advantages through; FRPO (method "frpo") passes `loss.frpo_advantages` of the raw (not std-scaled)
+advantages, nothing else changed. So every correction TRL applies to GRPO's per-token loss applies to
+FRPO's on the same inputs, or the config turns it off for both together: the vLLM importance-sampling
+ratio in each `vllm_importance_sampling_mode`, the KL bias correction (`use_bias_correction_kl`), the
+`delta` cap, the off-policy mask, the entropy mask, tool masks, the entropy bonus and MoE aux loss, and
+the β·KL term itself. FRPO's advantages are what its loss (`loss.frpo_loss`, docs/method.md §3) has as
+gradient on-policy; with raw advantages and λ → ∞ (no jackknife) they tend to A, and the loss and
+gradient to GRPO's (tests/contract/test_trl_contract.py, with every ratio different from 1).
 
-Groups: FRPO needs every completion of a prompt in one loss call and must know which rows belong
+Groups: FRPO's advantages need every completion of a prompt in one loss call, and which rows belong
 together. TRL's RepeatSampler lays a generation batch out as consecutive runs of `num_generations`
 copies of a prompt across processes, so the global row index // num_generations is an exact group
 id; it is attached to the batch before TRL shuffles the rows. That holds only when each process's
@@ -18,12 +24,17 @@ tests/contract/test_trl_contract.py fails loudly when they change.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import torch
+import trl
 from trl import GRPOTrainer
 
-from .loss import frpo_loss, frpo_weights
+from .arms import BOOKKEEPING
+
+from .loss import frpo_advantages, frpo_weights
 
 METHODS = ("grpo", "frpo")
 
@@ -87,58 +98,51 @@ class FRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         if self.frpo is None:
             return super()._compute_loss(model, inputs)
-        return self._frpo_loss(model, inputs)
-
-    def _frpo_loss(self, model, inputs):
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
-        old_logps = inputs.get("old_per_token_logps")
-        old_logps = logps.detach() if old_logps is None else old_logps
-        advantages = inputs["advantages"]
         settings = self.frpo
-        loss = frpo_loss(logps, old_logps, advantages, mask, inputs["group_ids"], settings.lam,
-                         eps_low=self.epsilon_low, eps_high=self.epsilon_high,
-                         jackknife=settings.jackknife, baseline=settings.baseline)
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        mask_f = mask.to(logps.dtype)
-
-        def seq_mean(x):  # per-completion token mean, then batch mean (GRPO's reduction)
-            return ((x * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)).mean()
-
-        if self.beta != 0.0:
-            ref = inputs["ref_per_token_logps"]
-            per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
-            loss = loss + self.beta * seq_mean(per_token_kl).to(loss.dtype)
-            metrics["kl"].append(self.accelerator.gather(seq_mean(per_token_kl).detach()).mean().item())
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
-
-        with torch.no_grad():
-            ratio = torch.exp(logps - old_logps)
-            adv = advantages.unsqueeze(1)
-            low = ((ratio < 1 - self.epsilon_low) & (adv < 0)).float()
-            high = ((ratio > 1 + self.epsilon_high) & (adv > 0)).float()
-            weights = frpo_weights(advantages, inputs["group_ids"], settings.lam)
-            # Entropy of each group's weights softmax(−A/λ), averaged over rows: log n means
-            # uniform (GRPO-like), 0 means all weight on the worst completion.
-            weight_entropy = -(weights * weights.clamp(min=1e-30).log()).sum() / len(inputs["group_ids"].unique())
-            for name, value in (
-                ("entropy", seq_mean(entropies)),
-                ("clip_ratio/low_mean", seq_mean(low)),
-                ("clip_ratio/high_mean", seq_mean(high)),
-                ("clip_ratio/region_mean", seq_mean(low + high)),
-                ("frpo/weight_entropy", weight_entropy),
-                ("frpo/max_weight", weights.max()),
-            ):
-                metrics[name].append(self.accelerator.gather(value.detach().float()).mean().item())
-            metrics["frpo/lambda"].append(settings.lam)
+        advantages = frpo_advantages(inputs["advantages"], inputs["group_ids"], settings.lam,
+                                     jackknife=settings.jackknife, baseline=settings.baseline)
+        loss = super()._compute_loss(model, {**inputs, "advantages": advantages})
+        self._log_frpo(inputs["advantages"], inputs["group_ids"])
         return loss
+
+    def _log_frpo(self, advantages, group_ids) -> None:
+        """FRPO's own metrics: how concentrated each group's weights softmax(−A/λ) are, and λ."""
+        with torch.no_grad():
+            weights = frpo_weights(advantages, group_ids, self.frpo.lam)
+            # Entropy of each group's weights, averaged over groups: log n means uniform (GRPO-like),
+            # 0 means all weight on the worst completion.
+            entropy = -(weights * weights.clamp(min=1e-30).log()).sum() / len(group_ids.unique())
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            for name, value in (("frpo/weight_entropy", entropy), ("frpo/max_weight", weights.max())):
+                metrics[name].append(self.accelerator.gather(value.detach().float()).mean().item())
+            metrics["frpo/lambda"].append(self.frpo.lam)
+
+    def update_settings(self) -> dict:
+        """Everything that sets how this trainer updates the policy, as plain JSON, for provenance (see `arms`).
+
+        TRL's whole config but its bookkeeping (paths, logging, saving), the processes and the global batch
+        they make, the LoRA config, the reward functions, the TRL version and the method's own knobs.
+        Two arms of a comparison should differ in `method`, `frpo` and `scale_rewards` only.
+        """
+        args = {k: v for k, v in self.args.to_dict().items() if k not in BOOKKEEPING}
+        processes = self.accelerator.num_processes
+        peft_config = getattr(self.model, "peft_config", None)
+        lora = None
+        if peft_config:
+            lora = {k: sorted(v) if isinstance(v, (set, frozenset)) else v
+                    for k, v in peft_config["default"].to_dict().items() if k != "base_model_name_or_path"}
+        settings = {
+            "method": "frpo" if self.frpo is not None else "grpo",
+            "frpo": dataclasses.asdict(self.frpo) if self.frpo is not None else None,
+            "trl": trl.__version__,
+            "num_processes": processes,
+            "completions_per_step": (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                                     * processes),
+            "reward_funcs": [getattr(f, "__name__", str(f)) for f in self.reward_funcs],
+            "lora": lora,
+            "args": args,
+        }
+        return json.loads(json.dumps(settings, default=str))  # plain JSON values, as provenance stores them
 
 
 def _check_groups_share_prompts(group_ids, prompt_ids, prompt_mask) -> None:
