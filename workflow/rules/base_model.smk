@@ -1,5 +1,6 @@
 # Stage "base_model": the built-in tiny model (trained here), or a local/hub model recorded by reference on
-# the submitting host (hub downloads need its network), and the hub models that judges load.
+# the submitting host (hub downloads need its network), the hub models that judges load, and in a rehearsal
+# the stand-ins of every model and judge (frpo_workflow.rehearsal).
 
 
 rule base_model:
@@ -54,3 +55,26 @@ rule hub_model:
     shell:
         "python -m frpo_workflow.cli.hub_model --repo {params.repo} --revision '{params.revision}' --out {output}"
         f" > {{log}} 2>&1 # code {code('cli.hub_model')}"
+
+
+if REHEARSAL:
+
+    rule stand_in:
+        """A rehearsal's stand-in for a model or judge: random weights of its class, its own tokenizer."""
+        wildcard_constraints:
+            stand_in=alternation(REHEARSAL["stand_ins"]),
+        output:
+            directory(out(rehearsal.STAND_INS, "{stand_in}")),
+        log:
+            side("logs", f"{rehearsal.STAND_INS}/{{stand_in}}", ".log"),
+        localrule: True
+        conda:
+            "../../envs/train.yaml"
+        params:
+            source=lambda wc: REHEARSAL["stand_ins"][wc.stand_in]["source"],
+            revision=lambda wc: REHEARSAL["stand_ins"][wc.stand_in]["revision"] or "",
+            sizes=as_json({k: config["rehearsal"][k] for k in ("hidden_size", "num_layers", "num_heads",
+                                                               "intermediate_size")}),
+        shell:
+            "python -m frpo_workflow.cli.stand_in --source {params.source:q} --revision '{params.revision}'"
+            f" --sizes {{params.sizes:q}} --out {{output}} > {{log}} 2>&1 # code {code('cli.stand_in')}"

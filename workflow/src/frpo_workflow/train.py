@@ -168,21 +168,22 @@ def check_trainable(model, where: str) -> int:
     return trainable
 
 
-def check_gradients(history: list[dict], where: str) -> None:
-    """Fail a run whose gradient norm was 0 at every logged step: nothing was trained.
+def check_gradients(history: list[dict], where: str) -> bool:
+    """Whether the run had a learning signal; fails a run whose gradient norm was 0 at every logged step
+    for any other reason: nothing was trained.
 
     A policy run whose every group had equal rewards (reward std 0 throughout) has no learning signal,
     which is the rewards' doing, not the trainer's: a warning, not an error (a randomly initialised
-    rehearsal model earns no task reward at all).
+    rehearsal model earns no task reward at all), and False.
     """
     norms = [h["grad_norm"] for h in history if "grad_norm" in h]
     if not norms or any(n != 0 for n in norms):
-        return
+        return True
     flat = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
     if flat and all(f == 1 for f in flat):
         log.warning("%s: no learning signal: every group's rewards were equal at every logged step "
                     "(frac_reward_zero_std 1), so the gradient norm stayed 0", where)
-        return
+        return False
     raise NothingTrained(f"{where}: gradient norm 0 at every logged step ({len(norms)} logged): nothing was "
                          "trained (frozen parameters?); no output written")
 
@@ -210,9 +211,10 @@ def _finish(trainer, tokenizer, out_dir: Path, checkpoint_dir: Path, fingerprint
         check_trainable(trainer.model, where)
         result = trainer.train(resume_from_checkpoint=resume)
         history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
-        check_gradients(history, where)
+        signal = check_gradients(history, where)
         trainer.save_model(str(final))  # the adapter only, for LoRA; full weights otherwise
         summary = {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
+                   "learning_signal": signal,
                    "resumed_from": resume, "processes": trainer.accelerator.num_processes, "log_history": history}
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(final))

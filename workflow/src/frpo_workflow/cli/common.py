@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import rehearsal
 from ..paths import RECORDS
 from ..provenance import FILENAME, upstream_run_id, write_provenance
 from ..tracking import TrackingUnreachable, check_reachable, config_hash, start_job_run, tracking_uri
@@ -96,9 +97,13 @@ def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: b
         except TrackingUnreachable as e:
             raise SystemExit(f"error: {e}") from None
     extra = dict(extra or {})
+    rehearsed = rehearsal.from_environment()
+    if rehearsed is not None:  # what the rehearsal shrank, beside what this job computed
+        extra["rehearsal"] = rehearsed
     started = time.time()
     with start_job_run(
-        job.get("experiment", "frpo-adhoc"), results_dir, name, params=spec, tags={},
+        job.get("experiment", "frpo-adhoc"), results_dir, name, params=spec,
+        tags={"rehearsal": "true"} if rehearsed is not None else {},
         parent_run_id=upstream[0] if upstream and nest else None, upstream_run_ids=upstream, rule=rule,
         wildcards=wildcards, config_hash=config_hash(spec), output=out_dir, enabled=is_main_process(),
     ) as run:

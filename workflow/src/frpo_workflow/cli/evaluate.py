@@ -6,6 +6,7 @@
         --out results/eval/aligned/tiny/grpo
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -48,6 +49,16 @@ def run_harnesses(specs: list, model_dir: str, model, tokenizer, device: str, ou
     return metrics
 
 
+def trained(model_dir: str) -> dict:
+    """How the evaluated state was trained ({"train": {global_step, learning_signal}}), from its training
+    summary; nothing for the base model. It stays beside the metrics when the weights are deleted."""
+    summary = Path(model_dir) / "train_summary.json"
+    if not summary.is_file():
+        return {}
+    values = json.loads(summary.read_text())
+    return {"train": {k: values[k] for k in ("global_step", "learning_signal") if k in values}}
+
+
 def main(argv=None) -> None:
     p = parser(__doc__)
     p.add_argument("--model", required=True)
@@ -85,7 +96,7 @@ def main(argv=None) -> None:
             shutil.copyfile(Path(args.model) / "curves.json", out / "curves.json")
         metrics["prompts_truncated"] = truncated
         metrics.update(run_harnesses(spec.get("harness", []), args.model, model, tokenizer, device, out, log))
-        write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics})
+        write_metrics(out / "metrics.json", {**spec["state"], "metrics": metrics, **trained(args.model)})
         run.log_metrics(metrics)
         run.log_artifact(str(out / "metrics.json"))
         log.info("metrics: %s", metrics)
