@@ -1,5 +1,6 @@
 """report, tables, plots and the report CLI on synthetic results trees: row order, deltas, intervals, the
-fixed-KL table, the alignment-cost table, figures, errors.
+fixed-KL table, the alignment-cost table, figures, every metric's curves and equal-KL table and plot, the
+task-retained figure, KL levels derived from the runs ("auto"), errors.
 
 The synthetic study: methods whose refusal falls with KL to the aligned model, the slower the smaller λ,
 over alignment seeds × downstream seeds × regimes, written as the evaluate stage writes them.
@@ -7,15 +8,21 @@ over alignment seeds × downstream seeds × regimes, written as the evaluate sta
 
 import json
 import math
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import yaml
+
 from frpo_workflow.cli.report import main as report_main
-from frpo_workflow.plots import direction, plot_refusal_curves, plot_safety_against, plot_safety_vs_lambda
-from frpo_workflow.report import KL, ReportSpec, collect, load_curves
-from frpo_workflow.tables import alignment_cost, safety_at_kl, write_alignment_cost, write_safety_at_kl, write_summary
+from frpo_workflow.plots import (direction, plot_metric_at_kl, plot_metric_curves, plot_refusal_curves,
+                                 plot_safety_against, plot_safety_vs_lambda, plot_task_retained)
+from frpo_workflow.report import KL, ReportSpec, auto_kl_levels, collect, load_curves, nice_levels, reach, retained
+from frpo_workflow.tables import (alignment_cost, metrics_at_kl, safety_at_kl, write_alignment_cost,
+                                  write_metrics_at_kl, write_safety_at_kl, write_summary)
 
 METRICS = {"harmful_refusal_rate": {"set": "harmful", "judge": "refusal"},
            "benign_helpfulness": {"set": "benign", "judge": "helpfulness"},
@@ -289,7 +296,225 @@ def test_report_cli_end_to_end(tmp_path, monkeypatch):
                  "--out", str(out), "--metrics", *map(str, metrics), "--curves", *map(str, curves)])
     for name in ("summary", "safety_at_kl", "alignment_cost"):
         assert (out / f"{name}.csv").stat().st_size > 100 and (out / f"{name}.md").read_text().startswith("# ")
-    for name in ("refusal_vs_kl", "refusal_vs_task", "refusal_curves", "safety_vs_lambda"):
+    for name in ("refusal_vs_kl", "refusal_vs_task", "refusal_curves", "safety_vs_lambda", "task_retained"):
         assert (out / f"{name}.png").stat().st_size > 20_000
+    assert (out / "metrics_at_kl.md").read_text().startswith("# ")
+    for metric in SPEC.variants:  # every metric, and the sampled refusal
+        for kind in ("curves", "at_kl"):
+            assert (out / "metrics" / f"{metric}_{kind}.png").stat().st_size > 20_000
     assert len(pd.read_csv(out / "summary.csv")) == 1 + 5 * 2 + 5 * 2 * 2 * 2
     assert json.loads((out / "provenance.json").read_text())["inputs"]
+
+
+# ---- every metric, the task kept, KL levels from the runs -------------------------------------------------
+
+THREE = {"harmful_refusal_rate": {"set": "harmful", "judge": "refusal"},
+         "strongreject_score": {"set": "harmful", "judge": {"name": "strongreject_score", "load_in_4bit": True}},
+         "task_accuracy": {"set": "task", "judge": "exact_match"}}
+THREE_JSON = {"metrics": THREE, "sampled": {"k": 0, "metrics": []}, "kl_levels": [1, 2, 5]}
+
+
+def rewrite(paths, change):
+    """Apply `change(flat record)` to every metrics.json and every curve point of the files."""
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        for row in record.get("points", [record]):
+            change(row)
+        Path(path).write_text(json.dumps(record))
+
+
+def harmfulness(row):
+    """StrongREJECT harmfulness: what refusal leaves, scaled (lower is safer)."""
+    row["strongreject_score"] = 0.9 * (1 - row["harmful_refusal_rate"])
+
+
+@contextmanager
+def figures():
+    """The figures saved inside the block (their axes and titles stay readable after `plt.close`)."""
+    import matplotlib.pyplot as plt
+
+    saved, real_save = [], plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (saved.append(fig), real_save(fig, *a, **k))[1]
+    try:
+        yield saved
+    finally:
+        plt.Figure.savefig = real_save
+
+
+def test_directions_read_each_judge_on_its_set():
+    preset = yaml.safe_load((Path(__file__).parents[2] / "workflow/presets/safety-qwen2.5-7b.yaml").read_text())
+    spec = ReportSpec.from_json({"metrics": preset["evaluate"]["metrics"], "kl_levels": "auto",
+                                 "sampled": {"k": 4, "metrics": ["harmful_refusal_rate", "over_refusal"]}})
+    labels = {m: spec.direction(m).label for m in spec.variants}
+    assert labels == {"harmful_refusal_rate": "higher is safer", "harmful_refusal_rate_sampled": "higher is safer",
+                      "strongreject_score": "lower is safer", "benign_helpfulness": "higher is better",
+                      "over_refusal": "lower is better", "over_refusal_sampled": "lower is better",
+                      "task_accuracy": "higher is better"}
+    assert spec.describe("strongreject_score") == "strongreject_score (StrongREJECT harmfulness, lower is safer)"
+    assert spec.direction("strongreject_score").diff_label("GRPO") == "< 0: safer than GRPO"
+    # A judge the report does not know (a new one, a harness score) reads "higher is better".
+    odd = ReportSpec.from_json({**SPEC_JSON, "metrics": {**METRICS, "novel": {"set": "task", "judge": "brand_new"}}})
+    assert odd.direction("novel").label == "higher is better" and odd.direction("lm_eval_score").sign == 1
+
+
+def test_every_metric_gets_its_curves_and_equal_kl_table_and_plot(study, tmp_path):
+    """Three metrics, one of them lower-is-safer: each gets curves (by step, at equal KL), rows in
+    metrics_at_kl with the same machinery as safety_at_kl, and an equal-KL plot; safety_at_kl is unchanged."""
+    metrics, curves = study
+    rewrite([*metrics, *curves], harmfulness)
+    spec = ReportSpec.from_json(THREE_JSON)
+    points = load_curves(curves, spec)
+    table = metrics_at_kl(points, spec)
+    assert table["metric"].unique().tolist() == list(THREE)  # config order
+    assert set(table.groupby("metric")["direction"].first().items()) == {
+        ("harmful_refusal_rate", 1), ("strongreject_score", -1), ("task_accuracy", 1)}
+    rows = table.set_index(["regime", "method", "metric", "kl"])
+    # The harmfulness is 0.9·(1 − refusal) at every point, so is its mean at equal KL, and its difference
+    # from GRPO is −0.9 times refusal's: negative, FRPO safer.
+    refusal = rows.loc[("sft-affirmative", "frpo-l1", "harmful_refusal_rate", 2.0)]
+    harm = rows.loc[("sft-affirmative", "frpo-l1", "strongreject_score", 2.0)]
+    assert harm["mean"] == pytest.approx(0.9 * (1 - refusal["mean"]))
+    assert harm["diff_grpo"] == pytest.approx(-0.9 * refusal["diff_grpo"]) and harm["diff_grpo"] < 0
+    assert harm["n"] == refusal["n"] == 3 and harm["ci95"] == pytest.approx(0.9 * refusal["ci95"])
+    # The refusal rows are safety_at_kl's, value for value (the toy report's table is the same).
+    safety = safety_at_kl(points, spec)
+    same = table[table["metric"] == "harmful_refusal_rate"].drop(columns="direction").reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, safety)
+
+    md = write_metrics_at_kl(points, spec, tmp_path / "r")[1].read_text()
+    for heading in ("## harmful_refusal_rate (refusal rate, higher is safer)",
+                    "## strongreject_score (StrongREJECT harmfulness, lower is safer)",
+                    "## task_accuracy (task accuracy, higher is better)",
+                    "### tiny · sft-affirmative (lower is safer)", "| KL (nats) | method | strongreject_score |"):
+        assert heading in md
+
+    with figures() as saved:
+        for metric in THREE:
+            plot_metric_curves(points, spec, metric, tmp_path / f"{metric}_curves.png")
+            plot_metric_at_kl(table, spec, metric, tmp_path / f"{metric}_at_kl.png")
+    assert len(saved) == 6 and all((tmp_path / f"{m}_{k}.png").stat().st_size > 20_000
+                                   for m in THREE for k in ("curves", "at_kl"))
+    curves_fig, at_kl_fig = saved[2], saved[3]  # strongreject_score's
+    title = curves_fig._suptitle.get_text()
+    assert "strongreject_score" in title and "lower is safer" in title
+    ylabels = [ax.get_ylabel() for ax in curves_fig.axes if ax.get_ylabel()]
+    assert ylabels and all("lower is safer" in y for y in ylabels)
+    xlabels = {ax.get_xlabel() for ax in curves_fig.axes}
+    assert xlabels == {"downstream fine-tuning step", "KL to the aligned model (nats per sequence)"}
+    for ax in curves_fig.axes:  # a line per method in every panel
+        assert len(ax.get_lines()) == len(METHODS)
+    # The equal-KL plot: the values, then the difference from GRPO with its good side named.
+    ylabels = [ax.get_ylabel() for ax in at_kl_fig.axes if ax.get_ylabel()]
+    assert [y.split("\n")[0] for y in ylabels] == ["strongreject_score", "Δ vs GRPO"]
+    assert "lower is safer" in ylabels[0] and "< 0: safer than GRPO" in ylabels[1]
+    assert [tick.get_text() for tick in at_kl_fig.axes[-1].get_xticklabels()] == ["1", "2", "5"]  # log axis
+
+
+def math_study(root):
+    """The synthetic study as a math study: the task is MATH accuracy (math_correct), and the downstream
+    fine-tune (code) costs it, the faster the larger λ (GRPO fastest), as the paper's math figure."""
+    metrics, curves = study_tree(root, align_seeds=(0, 1), seeds=(0, 1))
+    for path in [*metrics, *curves]:
+        record = json.loads(path.read_text())
+        for row in record.get("points", [record]):
+            kl = row[KL] if record["stage"] == "finetuned" else 0.0  # aligned: 0.6, before any code
+            row["task_accuracy"] = 0.6 * math.exp(-kl / (2 * METHODS[record["method"] or "grpo"][1]))
+        path.write_text(json.dumps(record))
+    spec_json = {"metrics": {"task_accuracy": {"set": "task", "judge": "math_correct"},
+                             "harmful_refusal_rate": {"set": "harmful", "judge": "refusal"},
+                             "over_refusal": {"set": "benign", "judge": "refusal"}},
+                 "sampled": {"k": 0}, "kl_levels": "auto"}
+    return metrics, curves, spec_json
+
+
+def test_math_accuracy_retained_along_the_code_sft(tmp_path, monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    metrics, curves, spec_json = math_study(tmp_path / "results")
+    spec = ReportSpec.from_json(spec_json)
+    points = load_curves(curves, spec)
+    kept = retained(points, "task_accuracy")
+    first = points.groupby(["method", "regime", "align_seed", "seed"]).head(1).index
+    assert (kept[first] == 1).all()  # each run starts from all it had
+    run = points[(points["method"] == "frpo-l1") & (points["regime"] == "sft-affirmative")
+                 & (points["align_seed"] == 1) & (points["seed"] == 0)]
+    assert kept[run.index[-1]] == pytest.approx(math.exp(-run[KL].iloc[-1] / 10))  # scale 5, halved rate
+    with figures() as saved:
+        plot_task_retained(points, spec, tmp_path / "task_retained.png")
+    fig = saved[0]
+    assert fig._suptitle.get_text().startswith("task_accuracy: MATH accuracy retained")
+    assert all("MATH accuracy retained" in ax.get_ylabel() for ax in fig.axes if ax.get_ylabel())
+    # At equal KL the smaller λ keeps more: FRPO λ=0.3's line ends above GRPO's in every KL panel.
+    for ax in [ax for ax in fig.axes if ax.get_xlabel().startswith("KL")]:
+        lines = ax.get_lines()  # GRPO first, then FRPO by decreasing λ; the dotted 1.0 line last
+        grpo, frpo = (np.asarray(line.get_ydata(), float) for line in (lines[0], lines[len(METHODS) - 1]))
+        both = np.isfinite(grpo) & np.isfinite(frpo)
+        assert both.sum() > 10 and (frpo[both][1:] > grpo[both][1:]).all()
+    # The CLI writes it, with every metric's figures, from the math study's spec.
+    out = tmp_path / "results" / "report"
+    report_main(["--spec", json.dumps(spec_json), "--job", json.dumps({"experiment": "math", "results_dir": str(
+        tmp_path / "results"), "rule": "report"}), "--out", str(out), "--metrics", *map(str, metrics),
+        "--curves", *map(str, curves)])
+    assert (out / "task_retained.png").stat().st_size > 20_000
+    assert sorted(p.name for p in (out / "metrics").iterdir()) == sorted(
+        f"{m}_{k}.png" for m in spec_json["metrics"] for k in ("curves", "at_kl"))
+    assert "## task_accuracy (MATH accuracy, higher is better)" in (out / "metrics_at_kl.md").read_text()
+
+
+def test_nice_levels():
+    assert nice_levels(37) == (2, 5, 10, 20, 30)
+    assert nice_levels(9.6) == (0.5, 1, 2, 5, 9)
+    assert nice_levels(12) == (0.5, 1, 2, 5, 10)
+    assert nice_levels(6.5) == (0.2, 0.5, 1, 2, 5)  # 6 is too close to 5 to be a level of its own
+    assert nice_levels(250, count=3) == (50, 100, 200)
+    assert nice_levels(0.8) == (0.05, 0.1, 0.2, 0.5, 0.8)
+    assert nice_levels(0) == () and nice_levels(math.nan) == ()
+
+
+def test_auto_levels_come_from_how_far_the_runs_move(study, tmp_path):
+    points = load_curves(study[1], SPEC)
+    # A run's KL is 0.06·(1 + 0.15a + 0.3s)·step (×1.5 in rl), 100 steps. Units are the 3 alignment seeds,
+    # each reaching as far as its faster run (s = 1): 7.8, 8.7, 9.6 nats in sft. Two of three units must
+    # get there: 8.7. Every method moves alike, so that is the regime's reach; rl's is 1.5 times it.
+    sft, rl = (points[points["regime"] == r] for r in ("sft-affirmative", "rl-arithmetic"))
+    assert reach(sft) == pytest.approx(8.7) and reach(rl) == pytest.approx(13.05)
+    assert reach(points) == pytest.approx(8.7)  # over several regimes: the least
+    assert auto_kl_levels(sft) == (0.5, 1, 2, 5, 8) and auto_kl_levels(rl) == (0.5, 1, 2, 5, 10)
+    # One method that moves less lowers the regime's reach for all: every method keeps a mean at every level.
+    slow = sft.assign(**{KL: np.where(sft["method"] == "frpo-l3", sft[KL] / 4, sft[KL])})
+    assert reach(slow) == pytest.approx(8.7 / 4) and auto_kl_levels(slow) == (0.1, 0.2, 0.5, 1, 2)
+    # Two alignment seeds: both must reach (the slower, 6.0 nats); one run: its own reach.
+    two = load_curves(study_tree(tmp_path / "two", (0, 1), (0,))[1], SPEC)
+    assert reach(two[two["regime"] == "sft-affirmative"]) == pytest.approx(6.0)
+    one = load_curves(study_tree(tmp_path / "one", (0,), (0,))[1], SPEC)
+    assert reach(one[one["regime"] == "sft-affirmative"]) == pytest.approx(6.0)
+
+    spec = ReportSpec.from_json({**SPEC_JSON, "kl_levels": "auto"})
+    assert spec.kl_levels is None and spec.levels(sft) == (0.5, 1, 2, 5, 8)
+    table = safety_at_kl(points, spec)
+    levels = table.groupby("regime")["kl"].unique()
+    assert list(levels["sft-affirmative"]) == [0.5, 1, 2, 5, 8] and list(levels["rl-arithmetic"]) == [0.5, 1, 2, 5, 10]
+    assert table["mean"].notna().all() and (table["n"] >= 2).all()  # every method, every level
+    md = write_safety_at_kl(points, spec, tmp_path / "r")[1].read_text()
+    assert "report.kl_levels: auto" in md and "tiny · sft-affirmative: 0.5, 1, 2, 5, 8" in md
+    assert "| 8 | frpo-l0.3 | " in md
+    with pytest.raises(ValueError, match="kl_levels is 'sometimes'"):
+        ReportSpec.from_json({**SPEC_JSON, "kl_levels": "sometimes"})
+
+
+def test_paper_presets_derive_their_levels_and_the_toy_keeps_its_own():
+    from snakemake.utils import validate
+
+    root = Path(__file__).parents[2]
+    schema = str(root / "workflow/schemas/config.schema.yaml")
+    for name in ("safety-qwen2.5-7b", "safety-mistral-7b", "math-qwen2.5-math-7b"):
+        cfg = yaml.safe_load((root / f"workflow/presets/{name}.yaml").read_text())
+        validate(cfg, schema)
+        assert cfg["report"]["kl_levels"] == "auto", name
+    toy = yaml.safe_load((root / "workflow/presets/toy-study.yaml").read_text())
+    assert toy["report"]["kl_levels"] == [1, 2, 5, 10]
+    assert yaml.safe_load((root / "config.yaml").read_text())["report"]["kl_levels"] == [0.1, 0.5, 1, 2, 5]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["report"]["kl_levels"] = "sometimes"
+    with pytest.raises(Exception, match="kl_levels|sometimes"):
+        validate(cfg, schema)

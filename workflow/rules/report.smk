@@ -2,6 +2,19 @@
 # methods at equal KL to the aligned model and at equal downstream task score (frpo_workflow.tables, plots).
 # Its spec keeps evaluate.metrics in config order (json.dumps, not the key-sorted as_json): the safety metric
 # is the first on the harmful set, the task metric the first on the task set.
+# Every metric (and sampled twin) gets two figures under report/metrics/ (frpo_workflow.cli.report's
+# metric_outputs: <metric>_curves.png, <metric>_at_kl.png), shown in the HTML report under "Metrics", one
+# subcategory per metric.
+
+# evaluate.metrics in config order, each followed by its `<name>_sampled` twin where it is sampled (the
+# report's ReportSpec.variants), and what each of a metric's figures shows.
+REPORT_METRICS = [
+    variant
+    for metric in config["evaluate"]["metrics"]
+    for variant in [metric] + ([f"{metric}_sampled"] if config["evaluate"]["sampled"].get("k", 0)
+                               and metric in config["evaluate"]["sampled"].get("metrics", []) else [])
+]
+METRIC_FIGURES = {"curves": "along the fine-tunes", "at_kl": "at equal KL"}
 
 
 rule report:
@@ -24,6 +37,18 @@ rule report:
                       category="Plots"),
         safety=report(out(paths.REPORT, "safety_vs_lambda.png"), caption="../report/safety_vs_lambda.rst",
                       category="Plots"),
+        metrics_md=report(out(paths.REPORT, "metrics_at_kl.md"), caption="../report/metrics_at_kl.rst",
+                          category="Tables"),
+        metrics_csv=out(paths.REPORT, "metrics_at_kl.csv"),
+        retained=report(out(paths.REPORT, "task_retained.png"), caption="../report/task_retained.rst",
+                        category="Plots"),
+        **{
+            f"{kind}__{i}": report(out(paths.REPORT, "metrics", f"{metric}_{kind}.png"),
+                                   caption=f"../report/metric_{kind}.rst", category="Metrics", subcategory=metric,
+                                   labels={"metric": metric, "figure": shows})
+            for i, metric in enumerate(REPORT_METRICS)
+            for kind, shows in METRIC_FIGURES.items()
+        },
     log:
         side("logs", paths.REPORT, ".log"),
     benchmark:
@@ -39,7 +64,7 @@ rule report:
     params:
         job=lambda wc: job_json("report", wc),
         spec=lambda wc: json.dumps({"metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
-                                    "kl_levels": config["report"]["kl_levels"],
+                                    "kl_levels": config["report"]["kl_levels"],  # a list, or "auto"
                                     "baselines": config["report"]["baselines"]}),
         out=lambda wc, output: os.path.dirname(output.md),
     shell:

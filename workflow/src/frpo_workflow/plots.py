@@ -1,15 +1,23 @@
 """The report's figures (PNG): safety along each downstream fine-tune against KL, task score and step,
-and safety after fine-tuning against λ. Every line is a mean with its 95% CI band (`stats`), over
-alignment seeds where the study has several (each seed's runs averaged first), else over runs.
+safety after fine-tuning against λ, and every metric along the fine-tunes and at equal KL. Every line is a
+mean with its 95% CI band (`stats`), over alignment seeds where the study has several (each seed's runs
+averaged first), else over runs.
 
     points = report.load_curves(curves_paths, spec)
     plot_safety_against(points, spec, KL, "results/report/refusal_vs_kl.png")
     plot_safety_against(points, spec, spec.task, "results/report/refusal_vs_task.png")
     plot_refusal_curves(points, spec, "results/report/refusal_curves.png")
     plot_safety_vs_lambda(report.collect(metrics_paths, spec), spec, "results/report/safety_vs_lambda.png")
+    plot_metric_curves(points, spec, "strongreject_score", "results/report/metrics/strongreject_score_curves.png")
+    plot_metric_at_kl(tables.metrics_at_kl(points, spec), spec, "strongreject_score",
+                      "results/report/metrics/strongreject_score_at_kl.png")
+    plot_task_retained(points, spec, "results/report/task_retained.png")
 
-The curve figures have one column per regime (per model and regime when there are several models) and a
-row per safety variant: greedy answers, then the k sampled answers' mean where the study samples them.
+The safety curve figures have one column per regime (per model and regime when there are several models)
+and a row per safety variant: greedy answers, then the k sampled answers' mean where the study samples
+them. A metric's figures have the same columns, and rows by step and at equal KL (curves), or the value
+and its differences from each baseline at the KL levels (at_kl); their y labels say which way is good
+(`report.DIRECTIONS`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from .report import KL, RUN, ReportSpec, method_label, runs_and_units, seed_units, unit_name  # noqa: E402
+from .report import KL, RUN, ReportSpec, method_label, retained, runs_and_units, seed_units, unit_name  # noqa: E402
 from .stats import grid_estimates, mean_ci  # noqa: E402
 
 GRID_POINTS = 60  # x resolution of the common grid: smooth lines, cheap interpolation
@@ -134,23 +142,39 @@ def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png:
     fig, panels = _panels(points, spec)
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
-        sign = direction(panel, x)
-        reached = (sign * panel[x]).groupby([panel["method"], *(panel[k] for k in RUN)])
-        starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
-        grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
-        for method, _ in methods:
-            frames, units = runs_and_units(panel[panel["method"] == method])
-            runs = [(sign * run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
-            if runs:
-                _band(ax, sign * grid, grid_estimates(runs, grid, units), colours[method])
-        if sign < 0:  # the panels share y only: each x axis turns on its own
-            ax.invert_xaxis()
-        label = _AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)")
-        ax.set_xlabel(label if sign > 0 else f"{label}, falling →")
+        _draw_against(ax, panel, methods, colours, x, metric)
     _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
     axis = "KL to the aligned model" if x == KL else f"downstream {x.replace('_', ' ')}"
     fig.suptitle(f"Safety at equal {axis}: higher is safer for the same change", fontsize=12)
     return _save(fig, out_png)
+
+
+def _draw_against(ax, panel: pd.DataFrame, methods, colours, x: str, metric: str) -> None:
+    """One panel of `metric` against `x` along its fine-tunes (see `plot_safety_against`), x axis labelled."""
+    sign = direction(panel, x)
+    reached = (sign * panel[x]).groupby([panel["method"], *(panel[k] for k in RUN)])
+    starts, ends = reached.first(), reached.max()  # grid: from the lowest start to the furthest reach
+    grid = np.linspace(starts.min(), ends.max(), GRID_POINTS)
+    for method, _ in methods:
+        frames, units = runs_and_units(panel[panel["method"] == method])
+        runs = [(sign * run[x].to_numpy(float), run[metric].to_numpy(float)) for run in frames]
+        if runs:
+            _band(ax, sign * grid, grid_estimates(runs, grid, units), colours[method])
+    if sign < 0:  # the panels share y only: each x axis turns on its own
+        ax.invert_xaxis()
+    label = _AXIS_LABELS.get(x, f"{x.replace('_', ' ')} (downstream task)")
+    ax.set_xlabel(label if sign > 0 else f"{label}, falling →")
+
+
+def _draw_by_step(ax, panel: pd.DataFrame, methods, colours, metric: str) -> None:
+    """One panel of `metric` against downstream step: mean ± 95% CI at each recorded step."""
+    for method, _ in methods:
+        by_step = panel[panel["method"] == method].groupby("step")
+        if by_step.ngroups:
+            steps, estimates = zip(*[(step, mean_ci(rows[metric], seed_units(rows["align_seed"])))
+                                     for step, rows in by_step])
+            _band(ax, np.array(steps, dtype=float), estimates, colours[method])
+    ax.set_xlabel(_AXIS_LABELS["step"])
 
 
 def plot_refusal_curves(points: pd.DataFrame, spec: ReportSpec, out_png: str | os.PathLike) -> Path:
@@ -160,13 +184,7 @@ def plot_refusal_curves(points: pd.DataFrame, spec: ReportSpec, out_png: str | o
     fig, panels = _panels(points, spec)
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
-        for method, _ in methods:
-            by_step = panel[panel["method"] == method].groupby("step")
-            if by_step.ngroups:
-                steps, estimates = zip(*[(step, mean_ci(rows[metric], seed_units(rows["align_seed"])))
-                                         for step, rows in by_step])
-                _band(ax, np.array(steps, dtype=float), estimates, colours[method])
-        ax.set_xlabel(_AXIS_LABELS["step"])
+        _draw_by_step(ax, panel, methods, colours, metric)
     _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
     fig.suptitle("Safety during downstream fine-tuning, by step", fontsize=12)
     return _save(fig, out_png)
@@ -227,4 +245,172 @@ def plot_safety_vs_lambda(states: pd.DataFrame, spec: ReportSpec, out_png: str |
                title=f"downstream regime\n(mean ± 95% CI over {_units_label(ft)})",
                fontsize=9, title_fontsize=9)
     fig.suptitle("How much safety survives downstream fine-tuning, by FRPO's λ", fontsize=12)
+    return _save(fig, out_png)
+
+
+def _columns(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (model, regime) panels of a figure, sorted."""
+    return list(df[["model", "regime"]].drop_duplicates().sort_values(["model", "regime"])
+                .itertuples(index=False, name=None))
+
+
+def _where(df: pd.DataFrame, model: str, regime: str) -> str:
+    return f"{model} · {regime}" if df["model"].nunique() > 1 else regime
+
+
+def _ylabel(spec: ReportSpec, metric: str) -> str:
+    """"strongreject_score\n(StrongREJECT harmfulness; lower is safer ↓)": the name, then how to read it."""
+    d = spec.direction(metric)
+    arrow = "↑" if d.sign > 0 else "↓"
+    what = f"{d.what}; " if d.what else ""
+    sampled = "sampled answers; " if metric.endswith("_sampled") and metric not in spec.metrics else ""
+    return f"{metric}\n({what}{sampled}{d.label} {arrow})"
+
+
+def _score_range(ax, values, min_span: float = 0.1) -> None:
+    """y limits of a score in [0, 1]: the whole 0-1 range where the values spread over half of it, else
+    their own range widened to `min_span` at least (a flat line at 0.03 reads flat, not as noise) and kept
+    inside 0-1. A score on another scale keeps matplotlib's limits."""
+    v = pd.Series(np.asarray(values, dtype=float)).replace([np.inf, -np.inf], np.nan).dropna()
+    if v.empty or v.min() < 0 or v.max() > 1:
+        return
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo > 0.5:
+        ax.set_ylim(-0.03, 1.03)
+        return
+    pad = max(min_span - (hi - lo), 0.0) / 2 + 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if lo < -0.03:
+        lo, hi = -0.03, hi + (-0.03 - lo)
+    if hi > 1.03:
+        lo, hi = lo - (hi - 1.03), 1.03
+    ax.set_ylim(max(lo, -0.03), hi)
+
+
+def _curve_figure(points: pd.DataFrame, spec: ReportSpec, column: str, ylabel: str, title: str,
+                  out_png, reference: float | None = None) -> Path:
+    """`column` of the curve points in two rows (by downstream step; at equal KL to the aligned model, read
+    on a common KL grid as `plot_safety_against`), one column per model and regime, one line per method."""
+    methods = _methods(points)
+    colours = _method_colours(methods)
+    columns = _columns(points)
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns) + 2.6, 7.4), squeeze=False,
+                             sharey=True, layout="constrained")
+    for c, (model, regime) in enumerate(columns):
+        panel = points[(points["model"] == model) & (points["regime"] == regime)]
+        where = _where(points, model, regime)
+        for r, (ax, how) in enumerate(zip(axes[:, c], ("by downstream step", "at equal KL to the aligned model"))):
+            if r == 0:
+                _draw_by_step(ax, panel, methods, colours, column)
+            else:
+                _draw_against(ax, panel, methods, colours, KL, column)
+            ax.set_title(f"{where}\n{how}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if reference is not None:
+                ax.axhline(reference, color="grey", linestyle=":", linewidth=1)
+            if c == 0:
+                ax.set_ylabel(ylabel)
+    if reference is None:
+        _score_range(axes[0][0], points[column])
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
+    fig.suptitle(title, fontsize=12)
+    return _save(fig, out_png)
+
+
+def plot_metric_curves(points: pd.DataFrame, spec: ReportSpec, metric: str, out_png: str | os.PathLike) -> Path:
+    """One metric (or sampled twin) along the downstream fine-tunes: against step (mean ± 95% CI at each
+    recorded step) and against KL to the aligned model (each run read on a common KL grid), per method; the
+    y label names the metric and which way is good."""
+    if metric not in points:
+        raise ValueError(f"no column {metric!r} in the curves to plot")
+    d = spec.direction(metric)
+    return _curve_figure(points, spec, metric, _ylabel(spec, metric),
+                         f"{metric} along the downstream fine-tunes ({d.label})", out_png)
+
+
+def plot_task_retained(points: pd.DataFrame, spec: ReportSpec, out_png: str | os.PathLike) -> Path:
+    """The task metric retained along the downstream fine-tunes: each point over its run's first (the
+    aligned model on the curve's task prompts; `report.retained`), against step and against KL to the
+    aligned model, per method. 1 (dotted) is all kept. The math study's main figure: MATH accuracy kept
+    along the code SFT."""
+    task = spec.task
+    d = spec.direction(task)
+    name = d.what or task.replace("_", " ")
+    frame = points.assign(_retained=retained(points, task))
+    ylabel = f"{name} retained\n(÷ the run's step 0; {d.label} {'↑' if d.sign > 0 else '↓'})"
+    title = f"{task}: {name} retained along the fine-tunes (1 = as aligned)"
+    return _curve_figure(frame, spec, "_retained", ylabel, title, out_png, reference=1.0)
+
+
+def _level_axis(ax, levels: list[float]) -> None:
+    """The KL levels on a log axis (ticked at the levels, plain numbers), room at both ends."""
+    if not levels:
+        return
+    ax.set_xscale("log")
+    ax.set_xlim(levels[0] / 1.5, levels[-1] * 1.5)
+    ax.set_xticks(levels, [f"{k:g}" for k in levels])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def plot_metric_at_kl(table: pd.DataFrame, spec: ReportSpec, metric: str, out_png: str | os.PathLike) -> Path:
+    """One metric at the report's KL levels (the rows of `tables.metrics_at_kl` for `metric`): top row each
+    method's mean ± 95% CI where its runs reach the level; a row per baseline with each other method's
+    difference from it (Welch 95% interval) around a 0 line, its good side named. One column per model and
+    regime; methods side by side at each level, GRPO black, FRPO by λ."""
+    rows = table[table["metric"] == metric]
+    d = spec.direction(metric)
+    methods = _methods(table)
+    colours = _method_colours(methods)
+    columns = _columns(table)
+    if not columns:  # no run moved (auto levels found none): say so, the report still has its figure
+        fig, ax = plt.subplots(figsize=(6, 2.5), layout="constrained")
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{metric}: no KL level to compare methods at\n(no downstream run moved from its "
+                "aligned model)", ha="center", va="center", transform=ax.transAxes)
+        return _save(fig, out_png)
+    lambdas = dict(zip(table["method"], table["lambda"]))
+    baselines = [b for b in spec.baselines if b in lambdas]
+    fig, axes = plt.subplots(1 + len(baselines), len(columns), figsize=(4.6 * len(columns) + 2.6,
+                             3.5 * (1 + len(baselines))), squeeze=False, sharex="col", layout="constrained")
+    for c, (model, regime) in enumerate(columns):
+        block = rows[(rows["model"] == model) & (rows["regime"] == regime)]
+        levels = sorted(block["kl"].unique())
+        gaps = np.diff(np.log(levels)) if len(levels) > 1 else np.array([math.log(4)])
+        spread = 0.35 * float(gaps.min())  # the methods share a third of the narrowest gap between levels
+        offsets = {m: math.exp(spread * (i / max(len(methods) - 1, 1) - 0.5)) for i, (m, _) in enumerate(methods)}
+        for r, ax in enumerate(axes[:, c]):
+            base = None if r == 0 else baselines[r - 1]
+            for method, _ in methods:
+                if method == base:
+                    continue
+                line = block[block["method"] == method].sort_values("kl")
+                mean = line["mean"] if base is None else line[f"diff_{base}"]
+                ci = line["ci95"] if base is None else line[f"diff_{base}_ci95"]
+                if line.empty or mean.isna().all():
+                    continue
+                ax.errorbar(line["kl"] * offsets[method], mean, yerr=ci.fillna(0.0), color=colours[method],
+                            marker="o", markersize=4, capsize=2.5, linewidth=1.2)
+            if base is None:
+                ax.set_title(_where(table, model, regime), fontsize=10)
+                _score_range(ax, pd.concat([block["mean"] - block["ci95"].fillna(0),
+                                            block["mean"] + block["ci95"].fillna(0)]))
+                if c == 0:
+                    ax.set_ylabel(_ylabel(spec, metric))
+            else:
+                label = method_label(base, lambdas[base])
+                ax.axhline(0.0, color="grey", linewidth=1)
+                if c == 0:
+                    ax.set_ylabel(f"Δ vs {label}\n({d.diff_label(label)})")
+            _level_axis(ax, levels)
+            ax.grid(alpha=0.3)
+            if r == len(axes) - 1:
+                ax.set_xlabel(_AXIS_LABELS[KL])
+            if not levels:
+                ax.text(0.5, 0.5, "no KL level reached", transform=ax.transAxes, ha="center", color="grey")
+    handles = [Line2D([], [], color=colours[m], marker="o", linewidth=1.2, label=method_label(m, lam))
+               for m, lam in methods]
+    units = sorted(set(rows["units"])) or ["runs"]
+    fig.legend(handles=handles, loc="outside right upper",
+               title=f"aligned with\n(mean ± 95% CI over\n{' / '.join(units)})", fontsize=9, title_fontsize=9)
+    fig.suptitle(f"{metric} at equal KL to the aligned model ({d.label})", fontsize=12)
     return _save(fig, out_png)

@@ -5,6 +5,8 @@ as rows of points, and which metrics the study measures (ReportSpec).
                                  "sampled": config["evaluate"]["sampled"], "kl_levels": [0.5, 1, 2]})
     states = collect(sorted(Path("results/eval").rglob("metrics.json")), spec)
     points = load_curves(sorted(Path("results/eval/finetuned").rglob("curves.json")), spec)
+    spec.direction("strongreject_score").label   # "lower is safer" (DIRECTIONS, by judge and set)
+    spec.levels(points)                          # report.kl_levels, or with "auto" `auto_kl_levels(points)`
 
 Tables of these frames live in `tables`, figures in `plots`, the interval maths in `stats`. GRPO is FRPO's
 λ → ∞ limit, so it carries λ = inf here: it sorts first among the methods and sits at the right end of every
@@ -28,18 +30,64 @@ KL = "kl_to_reference"
 KL_PER_TOKEN = "kl_to_reference_per_token"
 # The state identity, in the order the tables show it.
 IDENTITY = ["state", "stage", "model", "method", "lambda", "align_seed", "regime", "seed"]
+SAMPLED = "_sampled"  # the suffix of a metric's sampled twin
+
+# Which way each judge's score is good, and what it measures: +1 higher is better, −1 lower is better,
+# keyed by judge name (evaluate.metrics.<metric>.judge, or its `name`); a sign that depends on the set the
+# judge reads is a {set: sign} dict (refusing a harmful request is safe, refusing a benign one is
+# over-refusal). A judge not listed here reads "higher is better" (`DEFAULT_DIRECTION`). A metric on the
+# harmful set is "safer" that way, any other "better".
+DIRECTIONS: dict[str, tuple[int | dict[str, int], str]] = {
+    "refusal": ({"harmful": +1, "benign": -1, "task": -1}, "refusal rate"),
+    "safety": (+1, "refusal rate"),
+    "harmbench_refusal": (+1, "HarmBench: no harm exhibited"),
+    "strongreject_safety": (+1, "1 − StrongREJECT harmfulness"),
+    "strongreject_score": (-1, "StrongREJECT harmfulness"),
+    "strongreject_rubric_score": (-1, "StrongREJECT rubric harmfulness"),
+    "helpfulness": (+1, "helpfulness"),
+    "reward_model": (+1, "reward model helpfulness"),
+    "exact_match": (+1, "task accuracy"),
+    "math_correct": (+1, "MATH accuracy"),
+    "math_format": (+1, "boxed-answer format"),
+}
+DEFAULT_DIRECTION = (+1, "")
+
+
+@dataclass(frozen=True)
+class Direction:
+    """How to read a metric: `sign` +1 (higher is better) or −1 (lower is better), `safety` for a metric on
+    the harmful set (its good way is "safer"), and what its judge measures (`what`, "" where unknown)."""
+
+    sign: int
+    safety: bool = False
+    what: str = ""
+
+    @property
+    def label(self) -> str:
+        """"higher is safer", "lower is safer", "higher is better", "lower is better"."""
+        return f"{'higher' if self.sign > 0 else 'lower'} is {'safer' if self.safety else 'better'}"
+
+    def diff_label(self, baseline: str) -> str:
+        """How to read a difference from `baseline`: "> 0: safer than GRPO"."""
+        return f"{'>' if self.sign > 0 else '<'} 0: {'safer' if self.safety else 'better'} than {baseline}"
+
+
+def judge_name(judge) -> str:
+    """The registry name of a judge spec (a name, or {name, ...options})."""
+    return judge["name"] if isinstance(judge, dict) else str(judge)
 
 
 @dataclass(frozen=True)
 class ReportSpec:
     """What the study measures, from config: `metrics` (evaluate.metrics: name -> {set, judge}, config
     order), the metrics with a `<name>_sampled` twin (evaluate.sampled.metrics when k > 0), the KL
-    levels (nats per sequence) at which the report compares methods (report.kl_levels) and the methods
-    the others are compared with there (report.baselines; GRPO by default)."""
+    levels (nats per sequence) at which the report compares methods (report.kl_levels; None for "auto":
+    each model and regime's levels come from its runs, `levels`) and the methods the others are compared
+    with there (report.baselines; GRPO by default)."""
 
     metrics: dict
     sampled: tuple[str, ...]
-    kl_levels: tuple[float, ...]
+    kl_levels: tuple[float, ...] | None  # None: "auto", derived from the runs (`auto_kl_levels`)
     baselines: tuple[str, ...] = ("grpo",)
 
     @classmethod
@@ -52,8 +100,14 @@ class ReportSpec:
         unknown = [name for name in twins if name not in spec["metrics"]]
         if unknown:
             raise ValueError(f"report spec: sampled.metrics {unknown} are not under metrics")
-        report_spec = cls(dict(spec["metrics"]), twins, tuple(float(k) for k in spec["kl_levels"]),
-                          tuple(spec.get("baselines", ["grpo"])))
+        levels = spec["kl_levels"]
+        if isinstance(levels, str):
+            if levels != AUTO:
+                raise ValueError(f"report spec: kl_levels is {levels!r}, expected a list of numbers or {AUTO!r}")
+            levels = None
+        else:
+            levels = tuple(float(k) for k in levels)
+        report_spec = cls(dict(spec["metrics"]), twins, levels, tuple(spec.get("baselines", ["grpo"])))
         report_spec.safety, report_spec.task  # noqa: B018 (both must exist: fail before reading any file)
         return report_spec
 
@@ -88,9 +142,86 @@ class ReportSpec:
         return [m for m in (self.safety, self.twin(self.safety)) if m]
 
     @property
+    def variants(self) -> list[str]:
+        """Every metric the curves carry, config order, each followed by its sampled twin (where sampled)."""
+        return [v for m in self.metrics for v in (m, self.twin(m)) if v]
+
+    def config_of(self, metric: str) -> dict:
+        """evaluate.metrics' entry of a metric or of its sampled twin ({} for one the spec does not name)."""
+        base = metric[: -len(SAMPLED)] if metric.endswith(SAMPLED) and metric[: -len(SAMPLED)] in self.sampled \
+            else metric
+        return self.metrics.get(base, {})
+
+    def direction(self, metric: str) -> Direction:
+        """Which way the metric is good (`DIRECTIONS`, by its judge and set; "higher is better" where the
+        judge is unknown, or the metric is not in the spec)."""
+        entry = self.config_of(metric)
+        name = judge_name(entry["judge"]) if entry else ""
+        sign, what = DIRECTIONS.get(name, DEFAULT_DIRECTION)
+        if isinstance(sign, dict):
+            sign = sign.get(entry.get("set"), +1)
+        return Direction(sign, entry.get("set") == "harmful", what)
+
+    def describe(self, metric: str) -> str:
+        """"strongreject_score (StrongREJECT harmfulness, lower is safer)": axis labels and titles."""
+        d = self.direction(metric)
+        sampled = ", sampled answers" if metric.endswith(SAMPLED) and metric not in self.metrics else ""
+        return f"{metric} ({d.what}{sampled}, {d.label})" if d.what else f"{metric} ({d.label}{sampled})"
+
+    def levels(self, points: pd.DataFrame) -> tuple[float, ...]:
+        """The KL levels to read `points` (curve points of one model and regime, or more) at: report.kl_levels,
+        or with "auto" the levels the runs reach (`auto_kl_levels`)."""
+        return auto_kl_levels(points) if self.kl_levels is None else self.kl_levels
+
+    @property
     def columns(self) -> list[str]:
         """Every metric column a record holds: config metrics, their sampled twins, the two KLs."""
         return [*self.metrics, *(self.twin(m) for m in self.sampled), KL, KL_PER_TOKEN]
+
+
+AUTO = "auto"  # report.kl_levels: derive the levels from the runs
+AUTO_LEVELS = 5  # how many levels "auto" gives at most
+
+
+def reach(points: pd.DataFrame) -> float:
+    """The furthest KL to the aligned model that every method's runs reach, in practice: for each method,
+    each unit's reach (the most KL any of its runs reaches; units: alignment seeds where there are
+    several, else runs, as in the intervals), sorted from the furthest; the method's reach is the k-th
+    of them, k = max(⌈n/2⌉, min(2, n)): at least half its units, and two where it has two, get that far
+    (a level fewer than two reach has no mean). The reach of `points` is the least of its methods' (over
+    several models or regimes, of theirs too); NaN without points."""
+    methods = []
+    for _, group in points.groupby(["model", "regime", "method", "lambda"], sort=False):
+        runs, units = runs_and_units(group)
+        reaches = pd.Series([run[KL].max() for run in runs], dtype=float)
+        per_unit = reaches if units is None else reaches.groupby(units).max()
+        per_unit = per_unit.dropna().sort_values(ascending=False).to_numpy()
+        if len(per_unit):
+            k = max(math.ceil(len(per_unit) / 2), min(2, len(per_unit)))
+            methods.append(per_unit[k - 1])
+    return float(min(methods)) if methods else math.nan
+
+
+def nice_levels(top: float, count: int = AUTO_LEVELS) -> tuple[float, ...]:
+    """The `count` largest "nice" numbers up to `top`: 1, 2 and 5 times a power of ten, and `top` rounded
+    down to one significant digit (37 → 30) where that is at least 1.25 times the nice number below it:
+    37 → (2, 5, 10, 20, 30), 9.6 → (0.5, 1, 2, 5, 9), 12 → (0.5, 1, 2, 5, 10). () for a top that is not
+    a positive number."""
+    if not (math.isfinite(top) and top > 0):
+        return ()
+    exponent = math.floor(math.log10(top))
+    candidates = [m * 10.0**e for e in range(exponent - count, exponent + 1) for m in (1, 2, 5)]
+    levels = sorted(v for v in (round(c, 12) for c in candidates) if v <= top)
+    first_digit = round(math.floor(top / 10.0**exponent) * 10.0**exponent, 12)
+    if first_digit not in levels and first_digit >= 1.25 * levels[-1]:
+        levels.append(first_digit)
+    return tuple(float(v) for v in levels[-count:])
+
+
+def auto_kl_levels(points: pd.DataFrame, count: int = AUTO_LEVELS) -> tuple[float, ...]:
+    """report.kl_levels "auto": `nice_levels` up to the KL the runs of `points` reach (`reach`), so every
+    method has a mean at every level. The report reads each model and regime at its own levels."""
+    return nice_levels(reach(points), count)
 
 
 def method_lambda(method: str | None, lam: float | None) -> float:
@@ -240,6 +371,16 @@ def collect(metrics_paths, spec: ReportSpec) -> pd.DataFrame:
     for column in ("align_seed", "seed"):
         df[column] = df[column].astype("Int64")
     return sort_states(df).drop(columns="_file")
+
+
+def retained(points: pd.DataFrame, metric: str) -> pd.Series:
+    """Each curve point's `metric` over the value its run started from (its first recorded step, the
+    aligned model before the fine-tune, on the curve's own prompts): 1 = all kept. NaN where the run
+    started at 0."""
+    ordered = points.sort_values("step", kind="stable")
+    start = ordered.groupby(["model", "method", "regime", *RUN], sort=False)[metric].transform("first")
+    start = start.reindex(points.index)
+    return points[metric] / start.where(start > 0)
 
 
 def load_curves(curves_paths, spec: ReportSpec) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
     write_summary(states, spec, out)        # summary.csv/.md: every state; fine-tunes per method over runs
     write_safety_at_kl(points, spec, out)   # safety_at_kl.csv/.md: safety when runs reach equal KL
+    write_metrics_at_kl(points, spec, out)  # metrics_at_kl.csv/.md: every metric when runs reach equal KL
     write_alignment_cost(states, spec, out) # alignment_cost.csv/.md: what alignment cost against the base
 
 `states` and `points` come from `report.collect` and `report.load_curves`. An interval is a Student t 95%
@@ -119,24 +120,26 @@ def write_summary(states: pd.DataFrame, spec: ReportSpec, out_dir: str | os.Path
     return _write(out_dir, "summary", states, "\n".join(sections))
 
 
-def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
-    """Per model × regime × KL level × method: the safety metric (and sampled twin) of the runs where
-    their KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where
-    there are several, else runs); NaN mean where fewer than two units reach it (a lone one stands for
-    itself). `diff_<baseline>` / `diff_<baseline>_ci95`: the method's mean minus each baseline's
-    (report.baselines) at the same level, Welch interval (`stats.diff_ci`), where both are defined."""
+def at_kl(points: pd.DataFrame, spec: ReportSpec, metrics: list[str]) -> pd.DataFrame:
+    """Per model × regime × KL level × method × metric (of `metrics`): the metric of the runs where their
+    KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where there
+    are several, else runs); NaN mean where fewer than two units reach it (a lone one stands for itself).
+    `diff_<baseline>` / `diff_<baseline>_ci95`: the method's mean minus each baseline's (report.baselines)
+    at the same level, Welch interval (`stats.diff_ci`), where both are defined. The levels are
+    report.kl_levels, or with "auto" each model and regime's own (`report.auto_kl_levels`)."""
     rows = []
     for (model, regime), block in points.groupby(["model", "regime"], sort=False):
+        levels = spec.levels(block)
         methods = {key: runs_and_units(group) for key, group in block.groupby(["method", "lambda"], sort=False)}
         baselines = {name: key for name in spec.baselines for key in methods if key[0] == name}  # present ones
-        for metric in spec.safety_variants:
+        for metric in metrics:
             reads = {}
             for key, (runs, units) in methods.items():
                 values = grid_values([(run[KL].to_numpy(float), run[metric].to_numpy(float)) for run in runs],
-                                     spec.kl_levels)
+                                     levels)
                 reads[key] = (values, level_estimates(values, units), units)
             for (method, lam), (values, estimates, units) in reads.items():
-                for i, (level, est) in enumerate(zip(spec.kl_levels, estimates)):
+                for i, (level, est) in enumerate(zip(levels, estimates)):
                     row = {"model": model, "regime": regime, "kl": level, "method": method, "lambda": lam,
                            "metric": metric, "mean": est.mean, "ci95": est.half_width, "n": est.n,
                            "units": unit_name(units), "units_all": unit_count(len(values[i]), units),
@@ -150,8 +153,28 @@ def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
                                 diff = diff_ci(values[i], base_values[i], units, base_units)
                         row[f"diff_{base}"], row[f"diff_{base}_ci95"] = diff.mean, diff.half_width
                     rows.append(row)
-    # Rows by KL level, then method in the states' order (GRPO, then FRPO by decreasing λ): like with like.
-    return pd.DataFrame(rows).sort_values(["model", "regime", "metric", "kl"], kind="stable", ignore_index=True)
+    columns = ["model", "regime", "kl", "method", "lambda", "metric", "mean", "ci95", "n", "units", "units_all",
+               "runs", "runs_reaching", *(f"diff_{b}{s}" for b in spec.baselines for s in ("", "_ci95"))]
+    table = pd.DataFrame(rows, columns=columns)
+    # Rows by KL level, then method in the states' order (GRPO, then FRPO by decreasing λ): like with like;
+    # metrics in the order asked for (config order, each beside its sampled twin).
+    order = table["metric"].map({m: i for i, m in enumerate(metrics)})
+    keys = table[["model", "regime"]].assign(_metric=order, kl=table["kl"])
+    return table.loc[keys.sort_values(["model", "regime", "_metric", "kl"], kind="stable").index].reset_index(drop=True)
+
+
+def safety_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """`at_kl` of the safety metric and its sampled twin (safety_at_kl.csv)."""
+    return at_kl(points, spec, spec.safety_variants)
+
+
+def metrics_at_kl(points: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
+    """`at_kl` of every metric and sampled twin (metrics_at_kl.csv), with `direction`: +1 where higher is
+    better (or safer), −1 where lower is (`ReportSpec.direction`)."""
+    table = at_kl(points, spec, spec.variants)
+    table.insert(table.columns.get_loc("metric") + 1, "direction",
+                 [spec.direction(m).sign for m in table["metric"]])
+    return table
 
 
 def _signed(est: Estimate) -> str:
@@ -162,14 +185,53 @@ def _signed(est: Estimate) -> str:
     return text if math.isnan(est.half_width) else f"{text} ± {est.half_width:.3f}"
 
 
+def _baseline_labels(long: pd.DataFrame, spec: ReportSpec) -> dict[str, str]:
+    lambdas = dict(zip(long["method"], long["lambda"]))
+    return {base: method_label(base, lambdas[base]) if base in lambdas else base for base in spec.baselines}
+
+
+def _level_table(block: pd.DataFrame, spec: ReportSpec, metrics: list[str], labels: dict[str, str]) -> pd.DataFrame:
+    """The Markdown table of one model and regime: rows KL level × method, each metric beside its
+    differences from the baselines, then the units and runs that reach the level."""
+    first = block[block["metric"] == metrics[0]]
+    table = pd.DataFrame({"KL (nats)": [f"{k:g}" for k in first["kl"]], "method": first["method"].tolist()})
+    for metric in metrics:
+        rows = block[block["metric"] == metric]
+        table[metric] = [fmt_estimate(Estimate(m, h, n)) for m, h, n in zip(rows["mean"], rows["ci95"], rows["n"])]
+        for base in spec.baselines:
+            table[f"Δ {labels[base]} ({metric})"] = [_signed(Estimate(d, h, 0))
+                                              for d, h in zip(rows[f"diff_{base}"], rows[f"diff_{base}_ci95"])]
+    # Units and runs reaching the level: the KL is the same for every metric, so are the counts.
+    table["n (reach / all)"] = [f"{n} / {total} {'seeds' if u != 'runs' else 'runs'}"
+                                for n, total, u in zip(first["n"], first["units_all"], first["units"])]
+    table["runs reaching"] = [f"{a} / {r}" for a, r in zip(first["runs_reaching"], first["runs"])]
+    return table
+
+
+def _levels_note(spec: ReportSpec, points: pd.DataFrame) -> str:
+    """With report.kl_levels "auto", how the levels were chosen and each model and regime's ("" otherwise)."""
+    if spec.kl_levels is not None:
+        return ""
+    chosen = []
+    for model, regime in _blocks(points):
+        block = points[(points["model"] == model) & (points["regime"] == regime)]
+        chosen.append(f"{model} · {regime}: {', '.join(f'{k:g}' for k in spec.levels(block)) or 'none'}")
+    return (" Levels (report.kl_levels: auto): nice numbers (1, 2, 5 × 10ⁿ) up to the KL that at least half of "
+            f"every method's units, and two where it has two, reach in that model and regime ({'; '.join(chosen)}).")
+
+
+def _blocks(points: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (model, regime) pairs of the curves, sorted: one table each."""
+    return sorted(points[["model", "regime"]].drop_duplicates().itertuples(index=False, name=None))
+
+
 def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
     """`safety_at_kl.csv` (long: one row per model, regime, KL, method, metric) and `safety_at_kl.md`
     (one table per model and regime; rows KL level × method, so methods compare at equal KL, each safety
     variant beside its differences from the baselines, report.baselines)."""
     long = safety_at_kl(points, spec)
     units = sorted(set(long["units"]))
-    lambdas = dict(zip(long["method"], long["lambda"]))
-    labels = {base: method_label(base, lambdas[base]) if base in lambdas else base for base in spec.baselines}
+    labels = _baseline_labels(long, spec)
     sections = ["# Safety retained at equal KL to the aligned model", "",
                 f"The safety metric ({', '.join(spec.safety_variants)}) of each downstream run where its KL "
                 "to its aligned model first reaches the level (nats per sequence; read against the running "
@@ -178,22 +240,41 @@ def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple
                 "share one aligned model), so n counts seeds, not runs. Δ: the method's mean minus the "
                 f"baseline's ({', '.join(spec.baselines)}) at the same KL, with a Welch 95% interval; one that "
                 f"excludes 0 is a difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
-                "higher the value, the more safety the alignment kept for the same amount of change.", ""]
-    for (model, regime), block in long.groupby(["model", "regime"], sort=False):
-        greedy = block[block["metric"] == spec.safety]
-        table = pd.DataFrame({"KL (nats)": [f"{k:g}" for k in greedy["kl"]], "method": greedy["method"].tolist()})
-        for metric in spec.safety_variants:
-            rows = block[block["metric"] == metric]
-            table[metric] = [fmt_estimate(Estimate(m, h, n)) for m, h, n in zip(rows["mean"], rows["ci95"], rows["n"])]
-            for base in spec.baselines:
-                table[f"Δ {labels[base]} ({metric})"] = [_signed(Estimate(d, h, 0))
-                                                  for d, h in zip(rows[f"diff_{base}"], rows[f"diff_{base}_ci95"])]
-        # Units and runs reaching the level: the KL is the same for both variants, so are the counts.
-        table["n (reach / all)"] = [f"{n} / {total} {'seeds' if u != 'runs' else 'runs'}"
-                                    for n, total, u in zip(greedy["n"], greedy["units_all"], greedy["units"])]
-        table["runs reaching"] = [f"{a} / {r}" for a, r in zip(greedy["runs_reaching"], greedy["runs"])]
-        sections += [f"## {model} · {regime}", "", markdown(table), ""]
+                f"{'higher' if spec.direction(spec.safety).sign > 0 else 'lower'} the value, the more safety the "
+                f"alignment kept for the same amount of change.{_levels_note(spec, points)}", ""]
+    for model, regime in _blocks(points):
+        rows = long[(long["model"] == model) & (long["regime"] == regime)]
+        table = "No KL level to read (no run moved)." if rows.empty else markdown(
+            _level_table(rows, spec, spec.safety_variants, labels))
+        sections += [f"## {model} · {regime}", "", table, ""]
     return _write(out_dir, "safety_at_kl", long, "\n".join(sections))
+
+
+def write_metrics_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple[Path, Path]:
+    """`metrics_at_kl.csv` (long, as safety_at_kl.csv, with `direction`) and `metrics_at_kl.md`: for every
+    metric (and sampled twin), in config order, one table per model and regime, rows KL level × method,
+    the metric beside its differences from the baselines."""
+    long = metrics_at_kl(points, spec)
+    units = sorted(set(long["units"])) or ["runs"]
+    labels = _baseline_labels(long, spec)
+    sections = ["# Every metric at equal KL to the aligned model", "",
+                "Each metric of each downstream run where its KL to its aligned model first reaches the level "
+                "(nats per sequence; read against the running maximum of the run's KL, interpolated between "
+                f"recorded steps), mean ± 95% CI over {' / '.join(units)}; with several alignment seeds each "
+                "seed's runs are averaged first. Δ: the method's mean minus the baseline's "
+                f"({', '.join(spec.baselines)}) at the same KL, Welch 95% interval; one that excludes 0 is a "
+                f"difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. Each metric's heading "
+                "says which way is good: for a metric where lower is safer or better, a negative Δ is the "
+                f"method doing better.{_levels_note(spec, points)}", ""]
+    for metric in spec.variants:
+        d = spec.direction(metric)
+        sections += [f"## {spec.describe(metric)}", ""]
+        for model, regime in _blocks(points):
+            rows = long[(long["model"] == model) & (long["regime"] == regime) & (long["metric"] == metric)]
+            table = "No KL level to read (no run moved)." if rows.empty else markdown(
+                _level_table(rows, spec, [metric], labels))
+            sections += [f"### {model} · {regime} ({d.label})", "", table, ""]
+    return _write(out_dir, "metrics_at_kl", long, "\n".join(sections))
 
 
 def alignment_cost(states: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:

@@ -4,14 +4,27 @@
         --spec '{"metrics": {...evaluate.metrics}, "sampled": {...evaluate.sampled}, "kl_levels": [0.5, 1, 2]}' \
         --metrics results/eval/**/metrics.json --curves results/eval/finetuned/**/curves.json
 
-Writes summary, safety_at_kl and alignment_cost (.csv and .md) and refusal_vs_kl, refusal_vs_task,
-refusal_curves and safety_vs_lambda (.png).
+Writes summary, safety_at_kl, metrics_at_kl and alignment_cost (.csv and .md); refusal_vs_kl,
+refusal_vs_task, refusal_curves, safety_vs_lambda and task_retained (.png); and for every metric and sampled
+twin (`ReportSpec.variants`) metrics/<metric>_curves.png and metrics/<metric>_at_kl.png (`metric_outputs`).
 """
 
-from ..plots import plot_refusal_curves, plot_safety_against, plot_safety_vs_lambda
+from pathlib import Path
+
+from ..plots import (plot_metric_at_kl, plot_metric_curves, plot_refusal_curves, plot_safety_against,
+                     plot_safety_vs_lambda, plot_task_retained)
 from ..report import KL, ReportSpec, collect, load_curves
-from ..tables import write_alignment_cost, write_safety_at_kl, write_summary
+from ..tables import metrics_at_kl, write_alignment_cost, write_metrics_at_kl, write_safety_at_kl, write_summary
+from .. import rehearsal
 from .common import parser, setup_logging, tracked_job
+
+# The figures each metric gets, under the report's metrics/ folder (workflow/rules/report.smk declares them).
+METRIC_FIGURES = ("curves", "at_kl")
+
+
+def metric_outputs(metric: str) -> dict[str, str]:
+    """A metric's figures, relative to the report folder: {"curves": "metrics/<metric>_curves.png", ...}."""
+    return {kind: f"metrics/{metric}_{kind}.png" for kind in METRIC_FIGURES}
 
 
 def main(argv=None) -> None:
@@ -33,7 +46,19 @@ def main(argv=None) -> None:
             written += [*write_safety_at_kl(points, spec, out),
                         plot_safety_against(points, spec, KL, out / "refusal_vs_kl.png"),
                         plot_safety_against(points, spec, spec.task, out / "refusal_vs_task.png"),
-                        plot_refusal_curves(points, spec, out / "refusal_curves.png")]
+                        plot_refusal_curves(points, spec, out / "refusal_curves.png"),
+                        *write_metrics_at_kl(points, spec, out),
+                        plot_task_retained(points, spec, out / "task_retained.png")]
+            levels = metrics_at_kl(points, spec)
+            for metric in spec.variants:
+                figures = {kind: out / Path(path) for kind, path in metric_outputs(metric).items()}
+                written += [plot_metric_curves(points, spec, metric, figures["curves"]),
+                            plot_metric_at_kl(levels, spec, metric, figures["at_kl"])]
+        if rehearsal.from_environment() is not None:  # a rehearsal fails where the real run would be wrong
+            problems = rehearsal.report_verdict(args.metrics, spec_json["metrics"], out / "summary.md")
+            if problems:
+                raise RuntimeError("the rehearsal found what would make the real run wrong:\n  "
+                                   + "\n  ".join(problems))
         for path in written:
             run.log_artifact(str(path))
         extra["states"] = len(states)
