@@ -10,7 +10,8 @@ is logged by source. The same functions score training rollouts and evaluation g
 metric and its reward can never drift apart.
 
 One file per family: `rules` (refusal phrases, exact match), `models` (HarmBench classifier,
-StrongREJECT judge, reward model), `math` (boxed-answer verifier).
+StrongREJECT judge, reward model), `math` (boxed-answer verifier), `endpoint` (the authors' hosted
+judges behind an OpenAI-compatible endpoint: optional, off unless a config names one).
 
 Config names a judge by string (`"safety"`) or by spec (`{"name": "strongreject_safety", "device":
 "cuda"}`); `build_judge` resolves plain judges from `JUDGES` and model-backed judges from
@@ -98,6 +99,21 @@ def build_judge(spec: str | dict) -> Judge:
     return judge
 
 
+def check_spec(spec: str | dict, where: str) -> None:
+    """Build a judge spec as a job would, without loading any model: unknown names and options, bad
+    values and an endpoint judge's missing environment variables fail here, as a ValueError naming
+    `where` (the config key). For the DAG build (plan.check_config), before any job starts."""
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = options.pop("name", None)
+    try:
+        if name in JUDGE_FACTORIES:
+            JUDGE_FACTORIES[name](**options)  # judges load their models on first use, not here
+        else:
+            build_judge(spec)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: judge {name!r}: {exc}") from exc
+
+
 def clear_judge_cache() -> None:
     """Forget every built factory judge and loaded judge model of this process (frees their memory)."""
     _BUILT.clear()
@@ -152,14 +168,14 @@ def score_answers(judge: str, completions: list, kwargs: dict, matches: Callable
 
 
 # The families register themselves on import; they come last because they use the registry above.
-from . import math, models, rules  # noqa: E402
+from . import endpoint, math, models, rules  # noqa: E402
 from .math import boxed_answers, is_equiv, math_correct, math_format, normalize_answer  # noqa: E402
 from .rules import (REFUSAL_PHRASES, contains_word, exact_match, helpfulness, is_refusal,  # noqa: E402
                     last_number, refusal, safety)
 
 __all__ = [
-    "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "boxed_answers", "build_judge",
-    "clear_judge_cache", "completion_text", "contains_word", "dataset_column", "exact_match",
+    "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "boxed_answers", "build_judge", "check_spec",
+    "clear_judge_cache", "endpoint", "completion_text", "contains_word", "dataset_column", "exact_match",
     "get_judge", "helpfulness", "is_equiv", "is_refusal", "last_number", "math", "math_correct",
     "math_format", "models", "normalize_answer", "prompt_text", "refusal", "register_judge",
     "register_judge_factory", "rules", "safety", "score_answers", "spec_key",
