@@ -5,8 +5,8 @@ a user who has an endpoint. Off unless a config names them.
 
 | registry name                 | rows    | score                                                                 |
 |-------------------------------|---------|-----------------------------------------------------------------------|
-| `harmbench_refusal_authors`   | harmful | 1.0 unless the LLM labels the generation "Yes": the authors' HarmBench  |
-|                               |         | prompt and function call (`finetuning/utils.py`, `get_judge_scores_harmbench`) |
+| `harmbench_refusal_authors`   | harmful | 1.0 unless the LLM labels the generation "Yes": the authors' HarmBench |
+|                               |         | prompt and function call (`get_judge_scores_harmbench`, their utils)  |
 | `strongreject_rubric_score`   | harmful | StrongREJECT's rubric, parsed as `strong_reject` parses it             |
 | `strongreject_rubric_authors` | harmful | the same rubric, parsed as the authors' `StrongRejectLiteLLM` parses it |
 | `moderation_score`            | harmful | M: the largest category score of a moderation endpoint                 |
