@@ -380,6 +380,7 @@ def plot_metric_at_kl(table: pd.DataFrame, spec: ReportSpec, metric: str, out_pn
         offsets = {m: math.exp(spread * (i / max(len(methods) - 1, 1) - 0.5)) for i, (m, _) in enumerate(methods)}
         for r, ax in enumerate(axes[:, c]):
             base = None if r == 0 else baselines[r - 1]
+            drawn = 0
             for method, _ in methods:
                 if method == base:
                     continue
@@ -390,6 +391,10 @@ def plot_metric_at_kl(table: pd.DataFrame, spec: ReportSpec, metric: str, out_pn
                     continue
                 ax.errorbar(line["kl"] * offsets[method], mean, yerr=ci.fillna(0.0), color=colours[method],
                             marker="o", markersize=4, capsize=2.5, linewidth=1.2)
+                drawn += 1
+            if not drawn:  # say why a panel is empty: the runs stop short of the levels
+                ax.text(0.5, 0.5, "no value: too few runs reach\nthese KL levels (metrics_at_kl.md)", ha="center",
+                        va="center", color="grey", transform=ax.transAxes)
             if base is None:
                 ax.set_title(_where(table, model, regime), fontsize=10)
                 _score_range(ax, pd.concat([block["mean"] - block["ci95"].fillna(0),
@@ -405,8 +410,6 @@ def plot_metric_at_kl(table: pd.DataFrame, spec: ReportSpec, metric: str, out_pn
             ax.grid(alpha=0.3)
             if r == len(axes) - 1:
                 ax.set_xlabel(_AXIS_LABELS[KL])
-            if not levels:
-                ax.text(0.5, 0.5, "no KL level reached", transform=ax.transAxes, ha="center", color="grey")
     handles = [Line2D([], [], color=colours[m], marker="o", linewidth=1.2, label=method_label(m, lam))
                for m, lam in methods]
     units = sorted(set(rows["units"])) or ["runs"]
