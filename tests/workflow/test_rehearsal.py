@@ -64,7 +64,7 @@ def test_what_it_shrinks_is_printed_and_recorded(rehearsed):
     assert "REHEARSAL: this run is a rehearsal on random stand-in models" in output
     assert "stand-in" in output and "-> cpu x 1 (DeepSpeed off)" in output
     provenance = json.loads(next((results / "aligned").rglob("provenance.json")).read_text())
-    assert any("stand-in" in line for line in provenance["rehearsal"])
+    assert any("stand-in" in line for line in provenance["extra"]["rehearsal"])
     summary = (results / "report" / "summary.md").read_text()
     assert summary.startswith("> **REHEARSAL**") and "Rehearsal checks: passed" in summary
     for stand_in in (results / "stand_ins").iterdir():

@@ -288,6 +288,7 @@ def check_config(config: dict) -> None:
     """
     from .data.loaders import check_spec
     from .judges import JUDGE_FACTORIES, JUDGES
+    from .judges import check_spec as check_judge_spec
     from .settings import RUN_TYPES
 
     if not method_keys(config):
@@ -316,6 +317,7 @@ def check_config(config: dict) -> None:
             if name not in JUDGES and name not in JUDGE_FACTORIES:
                 raise ValueError(f"{where}: unknown judge {name!r}; known judges: "
                                  f"{', '.join(sorted({*JUDGES, *JUDGE_FACTORIES}))}")
+            check_judge_spec(judge, where)  # its options build (an endpoint judge's variables are set)
 
     def check_lora(lora, where):
         unknown = sorted(set(lora or {}) - lora_keys())

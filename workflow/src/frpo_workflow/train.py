@@ -292,7 +292,9 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
     )
     summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg),
                       _parent_adapter(model_dir, cfg))
-    return {**summary, "prompts": len(records), "prompts_truncated": truncated}
+    # What the update was, setting by setting: the report checks that compared arms differ in the method only.
+    return {**summary, "prompts": len(records), "prompts_truncated": truncated,
+            "update_settings": trainer.update_settings()}
 
 
 def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=()) -> dict:
