@@ -20,7 +20,8 @@ import yaml
 from frpo_workflow.cli.report import main as report_main
 from frpo_workflow.plots import (direction, plot_metric_at_kl, plot_metric_curves, plot_refusal_curves,
                                  plot_safety_against, plot_safety_vs_lambda, plot_task_retained)
-from frpo_workflow.report import KL, ReportSpec, auto_kl_levels, collect, load_curves, nice_levels, reach, retained
+from frpo_workflow.report import (DIRECTIONS, KL, ReportSpec, auto_kl_levels, collect, load_curves, nice_levels, reach,
+                                  retained)
 from frpo_workflow.tables import (alignment_cost, metrics_at_kl, safety_at_kl, write_alignment_cost,
                                   write_metrics_at_kl, write_safety_at_kl, write_summary)
 
@@ -352,7 +353,11 @@ def test_directions_read_each_judge_on_its_set():
                       "task_accuracy": "higher is better"}
     assert spec.describe("strongreject_score") == "strongreject_score (StrongREJECT harmfulness, lower is safer)"
     assert spec.direction("strongreject_score").diff_label("GRPO") == "< 0: safer than GRPO"
-    # A judge the report does not know (a new one, a harness score) reads "higher is better".
+    # Every registered judge says which way is good; one the report does not know (a harness score) reads
+    # "higher is better".
+    from frpo_workflow.judges import JUDGE_FACTORIES, JUDGES
+
+    assert set(JUDGES) | set(JUDGE_FACTORIES) <= set(DIRECTIONS)
     odd = ReportSpec.from_json({**SPEC_JSON, "metrics": {**METRICS, "novel": {"set": "task", "judge": "brand_new"}}})
     assert odd.direction("novel").label == "higher is better" and odd.direction("lm_eval_score").sign == 1
 
