@@ -58,3 +58,17 @@ def test_describe_names_arm_setting_and_values():
 
 def test_flatten_keeps_lists_and_empty_dicts_as_values():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}, "e": None}) == {"a.b": 1, "a.c": [1, 2], "d": {}, "e": None}
+
+
+def test_a_study_s_arms_are_compared_seed_by_seed_from_their_metrics():
+    from frpo_workflow.arms import study_differences
+
+    def aligned(method, seed, **args):
+        settings = {"method": method, "args": {"learning_rate": 1e-5, "beta": 0.1, "seed": seed, **args}}
+        return {"stage": "aligned", "model": "m", "method": method, "align_seed": seed,
+                "train": {"update_settings": settings}}
+
+    states = [aligned("grpo", 0), aligned("frpo-l1", 0, beta=0.001), aligned("grpo", 1), aligned("frpo-l1", 1),
+              {"stage": "base", "model": "m", "method": None, "align_seed": None}]
+    assert study_differences(states, "grpo") == ["m seed 0: frpo-l1 differs from grpo in args.beta (0.1 -> 0.001)"]
+    assert study_differences(states, "grpo", intended=["args.beta"]) == []  # different seeds never compared

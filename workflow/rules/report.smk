@@ -65,7 +65,8 @@ rule report:
         job=lambda wc: job_json("report", wc),
         spec=lambda wc: json.dumps({"metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
                                     "kl_levels": config["report"]["kl_levels"],  # a list, or "auto"
-                                    "baselines": config["report"]["baselines"]}),
+                                    "baselines": config["report"]["baselines"],
+                                    "intended_differences": config["report"]["intended_differences"]}),
         out=lambda wc, output: os.path.dirname(output.md),
     shell:
         "HF_HUB_OFFLINE=1 $FRPO_PYTHON -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"

@@ -86,3 +86,21 @@ def describe(differences: dict[str, dict[str, tuple]], reference: str) -> list[s
     return [f"{arm} differs from {reference} in "
             + ", ".join(f"{key} ({a!r} -> {b!r})" for key, (a, b) in diff.items())
             for arm, diff in differences.items()]
+
+
+def study_differences(states: list[dict], reference: str, intended=()) -> list[str]:
+    """`describe` lines for a study: every alignment seed's arms (its aligned states' recorded
+    `train.update_settings`, from their metrics.json) against the `reference` method of the same model and
+    seed; nothing where they differ in the method only. Arms aligned with different seeds are never
+    compared (the seed is part of the update)."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for state in states:
+        settings = (state.get("train") or {}).get("update_settings")
+        if state.get("stage") == "aligned" and settings is not None:
+            groups.setdefault((state["model"], state["align_seed"]), {})[state["method"]] = settings
+    lines = []
+    for (model, seed), arms in sorted(groups.items()):
+        if reference in arms:
+            lines += [f"{model} seed {seed}: {line}"
+                      for line in describe(arm_differences(arms, reference, intended), reference)]
+    return lines

@@ -50,14 +50,16 @@ def run_harnesses(specs: list, model_dir: str, model, tokenizer, device: str, ou
 
 
 def trained(model_dir: str) -> dict:
-    """How the evaluated state was trained ({"train": {global_step, learning_signal, grad_norm_max}}), from
+    """How the evaluated state was trained ({"train": {global_step, learning_signal, grad_norm_max, ...}}), from
     its training summary; nothing for the base model. It stays beside the metrics when the weights go."""
     summary = Path(model_dir) / "train_summary.json"
     if not summary.is_file():
         return {}
     values = json.loads(summary.read_text())
     norms = [h["grad_norm"] for h in values.get("log_history", []) if "grad_norm" in h]
-    return {"train": {**{k: values[k] for k in ("global_step", "learning_signal") if k in values},
+    # update_settings: what the update was (an alignment's), for the report's check that arms differ in
+    # the method only (frpo_workflow.arms).
+    return {"train": {**{k: values[k] for k in ("global_step", "learning_signal", "update_settings") if k in values},
                       "grad_norm_max": max(norms, default=None)}}
 
 

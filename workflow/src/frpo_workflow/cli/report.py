@@ -9,13 +9,14 @@ refusal_vs_task, refusal_curves, safety_vs_lambda and task_retained (.png); and 
 twin (`ReportSpec.variants`) metrics/<metric>_curves.png and metrics/<metric>_at_kl.png (`metric_outputs`).
 """
 
+import json
 from pathlib import Path
 
 from ..plots import (plot_metric_at_kl, plot_metric_curves, plot_refusal_curves, plot_safety_against,
                      plot_safety_vs_lambda, plot_task_retained)
 from ..report import KL, ReportSpec, collect, load_curves
 from ..tables import metrics_at_kl, write_alignment_cost, write_metrics_at_kl, write_safety_at_kl, write_summary
-from .. import rehearsal
+from .. import arms, rehearsal
 from .common import parser, setup_logging, tracked_job
 
 # The figures each metric gets, under the report's metrics/ folder (workflow/rules/report.smk declares them).
@@ -54,6 +55,16 @@ def main(argv=None) -> None:
                 figures = {kind: out / Path(path) for kind, path in metric_outputs(metric).items()}
                 written += [plot_metric_curves(points, spec, metric, figures["curves"]),
                             plot_metric_at_kl(levels, spec, metric, figures["at_kl"])]
+        differences = arms.study_differences([json.loads(Path(f).read_text()) for f in args.metrics],
+                                             spec.baselines[0], spec_json.get("intended_differences", []))
+        if differences:  # a comparison of arms that differ in more than the method: flagged atop the summary
+            log.warning("arms differ beyond the method:\n  %s", "\n  ".join(differences))
+            flag = ["> **WARNING: the compared arms differ in more than the method** (not declared in "
+                    "`report.intended_differences`); their comparison mixes both:", ">",
+                    *[f"> - {line}" for line in differences], ""]
+            summary = out / "summary.md"
+            summary.write_text("\n".join(flag) + "\n" + summary.read_text())
+        extra["arm_differences"] = differences
         if rehearsal.from_environment() is not None:  # a rehearsal fails where the real run would be wrong
             problems = rehearsal.report_verdict(args.metrics, spec_json["metrics"], out / "summary.md")
             if problems:
