@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -288,9 +289,10 @@ def _score_range(ax, values, min_span: float = 0.1) -> None:
 
 
 def _curve_figure(points: pd.DataFrame, spec: ReportSpec, column: str, ylabel: str, title: str,
-                  out_png, reference: float | None = None) -> Path:
+                  out_png, reference: float | None = None, empty: str = "no value in these runs") -> Path:
     """`column` of the curve points in two rows (by downstream step; at equal KL to the aligned model, read
-    on a common KL grid as `plot_safety_against`), one column per model and regime, one line per method."""
+    on a common KL grid as `plot_safety_against`), one column per model and regime, one line per method.
+    A panel without a value says so (`empty`: why) instead of showing a blank axis."""
     methods = _methods(points)
     colours = _method_colours(methods)
     columns = _columns(points)
@@ -306,6 +308,8 @@ def _curve_figure(points: pd.DataFrame, spec: ReportSpec, column: str, ylabel: s
                 _draw_against(ax, panel, methods, colours, KL, column)
             ax.set_title(f"{where}\n{how}", fontsize=10)
             ax.grid(alpha=0.3)
+            if panel[column].isna().all():
+                ax.text(0.5, 0.5, empty, ha="center", va="center", color="grey", transform=ax.transAxes)
             if reference is not None:
                 ax.axhline(reference, color="grey", linestyle=":", linewidth=1)
             if c == 0:
@@ -313,7 +317,8 @@ def _curve_figure(points: pd.DataFrame, spec: ReportSpec, column: str, ylabel: s
     if reference is None:
         _score_range(axes[0][0], points[column])
     _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
-    fig.suptitle(title, fontsize=12)
+    # Left-aligned and wrapped to the panels' width: centred over the figure it ran under the legend.
+    fig.suptitle(textwrap.fill(title, width=40 * len(columns)), x=0.01, ha="left", fontsize=12)
     return _save(fig, out_png)
 
 
@@ -339,7 +344,8 @@ def plot_task_retained(points: pd.DataFrame, spec: ReportSpec, out_png: str | os
     frame = points.assign(_retained=retained(points, task))
     ylabel = f"{name} retained\n(÷ the run's step 0; {d.label} {'↑' if d.sign > 0 else '↓'})"
     title = f"{task}: {name} retained along the fine-tunes (1 = as aligned)"
-    return _curve_figure(frame, spec, "_retained", ylabel, title, out_png, reference=1.0)
+    return _curve_figure(frame, spec, "_retained", ylabel, title, out_png, reference=1.0,
+                         empty=f"no value: {name} was 0 at step 0\n(nothing to retain)")
 
 
 def _level_axis(ax, levels: list[float]) -> None:
