@@ -272,3 +272,35 @@ def test_update_settings_record_the_arms_and_differ_only_in_the_method(tiny, tmp
     assert arm_differences({"grpo": grpo, "frpo": frpo}) == {}
     other = make_trainer(tiny, tmp_path / "b", FRPOSettings(lam=1.0), beta=0.2).update_settings()
     assert arm_differences({"grpo": grpo, "frpo": other}) == {"frpo": {"args.beta": (BETA, 0.2)}}
+
+
+def _batches(trainer) -> list[tuple[list, list]]:
+    """(prompt ids, completion ids) of every generation batch the trainer trains on, in order."""
+    seen, generate = [], trainer._generate_and_score_completions
+
+    def capture(inputs):
+        out = generate(inputs)
+        seen.append((out["prompt_ids"].tolist(), out["completion_ids"].tolist()))
+        return out
+
+    trainer._generate_and_score_completions = capture
+    trainer.train()
+    return seen
+
+
+def test_arms_aligned_with_one_seed_share_prompt_order_and_first_generation(tiny, tmp_path):
+    """issue 23 item 2: arms of one alignment seed differ in the method only, so their randomness is shared: the
+    same prompts in the same order at every step (TRL's sampler is seeded by the run's seed) and, at the first
+    step, where the models are still the same, the same sampled completions (torch seeded by it). After the first
+    update the completions may differ: the models do."""
+    arms = {"grpo": lambda: make_trainer(tiny, tmp_path / "g", None, scale_rewards="group", seed=3),
+            "frpo": lambda: make_trainer(tiny, tmp_path / "f", FRPOSettings(lam=0.2), seed=3),
+            "control": lambda: make_trainer(tiny, tmp_path / "c", None, scale_rewards="group", seed=3, learning_rate=3e-2)}
+    # Each built and trained in turn, as each alignment job is its own process (the Trainer seeds torch when built).
+    batches = {name: _batches(build()) for name, build in arms.items()}
+    prompts = {name: [p for p, _ in b] for name, b in batches.items()}
+    assert prompts["grpo"] == prompts["frpo"] == prompts["control"] and len(prompts["grpo"]) == 2
+    first = {name: b[0][1] for name, b in batches.items()}
+    assert first["grpo"] == first["frpo"] == first["control"]
+    other = _batches(make_trainer(tiny, tmp_path / "o", FRPOSettings(lam=0.2), seed=4))
+    assert [p for p, _ in other] != prompts["frpo"] or other[0][1] != first["frpo"]  # another seed, other draws

@@ -481,16 +481,16 @@ def test_nice_levels():
 
 def test_auto_levels_come_from_how_far_the_runs_move(study, tmp_path):
     points = load_curves(study[1], SPEC)
-    # A run's KL is 0.06·(1 + 0.15a + 0.3s)·step (×1.5 in rl), 100 steps. Units are the 3 alignment seeds,
-    # each reaching as far as its faster run (s = 1): 7.8, 8.7, 9.6 nats in sft. Two of three units must
-    # get there: 8.7. Every method moves alike, so that is the regime's reach; rl's is 1.5 times it.
+    # A run's KL is 0.06·(1 + 0.15a + 0.3s)·step (×1.5 in rl), 100 steps: 6.0 nats for the slowest run (a = 0,
+    # s = 0) up to 9.6 in sft. Every run must reach a level (no mean over the runs that moved furthest): the
+    # regime's reach is its slowest run's, 6.0; rl's is 1.5 times it.
     sft, rl = (points[points["regime"] == r] for r in ("sft-affirmative", "rl-arithmetic"))
-    assert reach(sft) == pytest.approx(8.7) and reach(rl) == pytest.approx(13.05)
-    assert reach(points) == pytest.approx(8.7)  # over several regimes: the least
-    assert auto_kl_levels(sft) == (0.5, 1, 2, 5, 8) and auto_kl_levels(rl) == (0.5, 1, 2, 5, 10)
+    assert reach(sft) == pytest.approx(6.0) and reach(rl) == pytest.approx(9.0)
+    assert reach(points) == pytest.approx(6.0)  # over several regimes: the least
+    assert auto_kl_levels(sft) == (0.2, 0.5, 1, 2, 5) and auto_kl_levels(rl) == (0.5, 1, 2, 5, 9)
     # One method that moves less lowers the regime's reach for all: every method keeps a mean at every level.
     slow = sft.assign(**{KL: np.where(sft["method"] == "frpo-l3", sft[KL] / 4, sft[KL])})
-    assert reach(slow) == pytest.approx(8.7 / 4) and auto_kl_levels(slow) == (0.1, 0.2, 0.5, 1, 2)
+    assert reach(slow) == pytest.approx(6.0 / 4) and auto_kl_levels(slow) == (0.05, 0.1, 0.2, 0.5, 1)
     # Two alignment seeds: both must reach (the slower, 6.0 nats); one run: its own reach.
     two = load_curves(study_tree(tmp_path / "two", (0, 1), (0,))[1], SPEC)
     assert reach(two[two["regime"] == "sft-affirmative"]) == pytest.approx(6.0)
@@ -498,14 +498,14 @@ def test_auto_levels_come_from_how_far_the_runs_move(study, tmp_path):
     assert reach(one[one["regime"] == "sft-affirmative"]) == pytest.approx(6.0)
 
     spec = ReportSpec.from_json({**SPEC_JSON, "kl_levels": "auto"})
-    assert spec.kl_levels is None and spec.levels(sft) == (0.5, 1, 2, 5, 8)
+    assert spec.kl_levels is None and spec.levels(sft) == (0.2, 0.5, 1, 2, 5)
     table = safety_at_kl(points, spec)
     levels = table.groupby("regime")["kl"].unique()
-    assert list(levels["sft-affirmative"]) == [0.5, 1, 2, 5, 8] and list(levels["rl-arithmetic"]) == [0.5, 1, 2, 5, 10]
+    assert list(levels["sft-affirmative"]) == [0.2, 0.5, 1, 2, 5] and list(levels["rl-arithmetic"]) == [0.5, 1, 2, 5, 9]
     assert table["mean"].notna().all() and (table["n"] >= 2).all()  # every method, every level
     md = write_safety_at_kl(points, spec, tmp_path / "r")[1].read_text()
-    assert "report.kl_levels: auto" in md and "tiny · sft-affirmative: 0.5, 1, 2, 5, 8" in md
-    assert "| 8 | frpo-l0.3 | " in md
+    assert "report.kl_levels: auto" in md and "tiny · sft-affirmative: 0.2, 0.5, 1, 2, 5" in md
+    assert "| 5 | frpo-l0.3 | " in md
     with pytest.raises(ValueError, match="kl_levels is 'sometimes'"):
         ReportSpec.from_json({**SPEC_JSON, "kl_levels": "sometimes"})
 

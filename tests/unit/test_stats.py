@@ -85,11 +85,17 @@ def test_diff_ci_is_welchs_interval():
     assert diff_ci([], b).n == 0
 
 
-def test_grid_estimates_count_units_that_reach_a_level():
+def test_grid_estimates_need_every_run_to_reach_a_level():
     near = ([0.0, 1.0], [1.0, 0.8])
     far = ([0.0, 4.0], [1.0, 0.2])
-    # Seed 0 has a near and a far run, seed 1 one far run: at 2 nats both seeds have a run there.
+    # Seed 0 has a near and a far run, seed 1 one far run: at 2 nats seed 0's near run has stopped, so a
+    # mean there would read seed 0 by its furthest run alone (survivorship): no mean, n counts the units
+    # that have a value.
     (at_two,) = grid_estimates([near, far, far], [2.0], units=[0, 0, 1])
-    assert at_two.n == 2 and at_two.mean == pytest.approx(0.6)
+    assert at_two.n == 2 and math.isnan(at_two.mean)
     (only_one,) = grid_estimates([near, far, near], [2.0], units=[0, 0, 1])
     assert only_one.n == 1 and math.isnan(only_one.mean)  # one seed of two reaches it: no mean
+    (every,) = grid_estimates([far, far, far], [2.0], units=[0, 0, 1])  # every run gets there
+    assert every.n == 2 and every.mean == pytest.approx(0.6)
+    (at_one,) = grid_estimates([near, far, near], [1.0], units=[0, 0, 1])
+    assert at_one.n == 2 and at_one.mean == pytest.approx(((0.8 + 0.8) / 2 + 0.8) / 2)

@@ -15,6 +15,11 @@ REPORT_METRICS = [
                                and metric in config["evaluate"]["sampled"].get("metrics", []) else [])
 ]
 METRIC_FIGURES = {"curves": "along the fine-tunes", "at_kl": "at equal KL"}
+# A study with paired comparisons (report.comparisons; frpo_workflow.paired) gets their tables and figures.
+PAIRED = bool(config["report"].get("comparisons"))
+PAIRED_TABLES = {"paired": "paired.rst", "paired_at_kl": "paired_at_kl.rst", "mechanism": "mechanism.rst",
+                 "at_task": "at_task.rst"}
+PAIRED_FIGURES = {"primary": "primary.rst", "paired_vs_kl": "paired_vs_kl.rst"}
 
 
 rule report:
@@ -43,6 +48,16 @@ rule report:
         retained=report(out(paths.REPORT, "task_retained.png"), caption="../report/task_retained.rst",
                         category="Plots"),
         **{
+            f"{name}_{ext}": (report(out(paths.REPORT, f"{name}.md"), caption=f"../report/{caption}", category="Paired comparisons")
+                              if ext == "md" else out(paths.REPORT, f"{name}.csv"))
+            for name, caption in (PAIRED_TABLES.items() if PAIRED else [])
+            for ext in ("md", "csv")
+        },
+        **{
+            name: report(out(paths.REPORT, f"{name}.png"), caption=f"../report/{caption}", category="Paired comparisons")
+            for name, caption in (PAIRED_FIGURES.items() if PAIRED else [])
+        },
+        **{
             f"{kind}__{i}": report(out(paths.REPORT, "metrics", f"{metric}_{kind}.png"),
                                    caption=f"../report/metric_{kind}.rst", category="Metrics", subcategory=metric,
                                    labels={"metric": metric, "figure": shows})
@@ -66,7 +81,10 @@ rule report:
         spec=lambda wc: json.dumps({"metrics": config["evaluate"]["metrics"], "sampled": config["evaluate"]["sampled"],
                                     "kl_levels": config["report"]["kl_levels"],  # a list, or "auto"
                                     "baselines": config["report"]["baselines"],
-                                    "intended_differences": config["report"]["intended_differences"]}),
+                                    "intended_differences": config["report"]["intended_differences"],
+                                    "endpoint": config["report"].get("endpoint"),
+                                    "comparisons": config["report"].get("comparisons", []),
+                                    "alpha": config["report"].get("alpha", 0.05)}),
         out=lambda wc, output: os.path.dirname(output.md),
     shell:
         "HF_HUB_OFFLINE=1 $FRPO_PYTHON -m frpo_workflow.cli.report --spec {params.spec:q} --job {params.job:q} --metrics {input.metrics}"

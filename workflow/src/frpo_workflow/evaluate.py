@@ -9,6 +9,7 @@ so an evaluation metric is the very function that served as a training reward.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import tempfile
@@ -76,25 +77,35 @@ def sequence_kl(model, ref_model, tokenizer, prompts: list, completions: list, b
 
 
 def _mean_score(judge_spec, set_name: str, records: list[dict], completions: list[str]) -> tuple[float, list]:
+    """The judge's mean over the rows it applies to, and every row's score. A conditional judge (one scoring
+    only rows with some property, e.g. refusal given an affirmative opening: `judge.conditional`) that
+    applies to none has no mean (NaN); any other judge applying to none is an error."""
     judge = build_judge(judge_spec)
     columns = judge_columns(records)
     scores = judge([r["prompt"] for r in records], completions, **columns)
     applied = [s for s in scores if s is not None]
     if not applied:
+        if getattr(judge, "conditional", False):
+            return math.nan, scores
         raise ValueError(f"judge {judge_name(judge_spec)!r} applies to none of the {len(records)} records of set "
                          f"{set_name!r} (their kinds: {sorted({str(k) for k in columns['kind']})})")
     return sum(applied) / len(applied), scores
 
 
-def _sampled_score(model, tokenizer, spec: dict, records: list[dict], sampled: dict, max_new_tokens: int,
-                   batch_size: int, seed: int) -> tuple[float, list]:
-    """Mean judge score over `k` sampled answers per record, and each record's own mean (None where the
-    judge does not apply)."""
+def _sampled_texts(model, tokenizer, records: list[dict], sampled: dict, max_new_tokens: int, batch_size: int,
+                   seed: int) -> list[str]:
+    """`k` answers per record sampled at the sampled temperature, each prompt's k side by side. Drawn once per
+    evaluation set and judged by every sampled metric on it (the same seed drew the same answers for each)."""
     k = sampled["k"]
+    return generate(model, tokenizer, [r["prompt"] for r in records for _ in range(k)], max_new_tokens=max_new_tokens,
+                    do_sample=True, temperature=sampled.get("temperature", 1.0), batch_size=batch_size,
+                    seed=seed + 1)  # not the KL estimate's seed: its samples are drawn separately
+
+
+def _sampled_score(spec: dict, records: list[dict], texts: list[str], k: int) -> tuple[float, list]:
+    """Mean judge score over the `k` sampled answers per record (`texts`), and each record's own mean (None
+    where the judge applies to none of its answers)."""
     repeated = [r for r in records for _ in range(k)]  # each prompt's k samples side by side
-    texts = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens=max_new_tokens,
-                     do_sample=True, temperature=sampled.get("temperature", 1.0), batch_size=batch_size,
-                     seed=seed + 1)  # not the KL estimate's seed: its samples are drawn separately
     mean, scores = _mean_score(spec["judge"], spec["set"], repeated, texts)
     per_prompt = []
     for i in range(len(records)):
@@ -136,12 +147,16 @@ def evaluate_model(model, tokenizer, sets: dict[str, list[dict]], ref_model=None
             for row, score in zip(generations[spec["set"]], scores):
                 row[judge_name(spec["judge"])] = score
     sampled = sampled if sampled and sampled.get("k") else {"metrics": []}  # k = 0: no sampled metrics
+    drawn: dict[str, list[str]] = {}  # set -> its sampled answers, drawn once for every sampled metric on it
     for metric in sampled["metrics"]:
         spec = specs[metric]
         if spec["set"] not in sets or not sets[spec["set"]]:
             continue
-        metrics[f"{metric}_sampled"], per_prompt = _sampled_score(
-            model, tokenizer, spec, sets[spec["set"]], sampled, max_new_tokens, batch_size, seed)
+        if spec["set"] not in drawn:
+            drawn[spec["set"]] = _sampled_texts(model, tokenizer, sets[spec["set"]], sampled, max_new_tokens,
+                                                batch_size, seed)
+        metrics[f"{metric}_sampled"], per_prompt = _sampled_score(spec, sets[spec["set"]], drawn[spec["set"]],
+                                                                  sampled["k"])
         if spec["set"] in generations:
             for row, score in zip(generations[spec["set"]], per_prompt):
                 row[f"{judge_name(spec['judge'])}_sampled"] = score

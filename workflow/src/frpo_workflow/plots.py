@@ -53,17 +53,21 @@ def _methods(df: pd.DataFrame) -> list[tuple[str, float]]:
 
 
 def _method_colours(methods: list[tuple[str, float]]) -> dict[str, tuple]:
-    """GRPO black; FRPO methods along a colour map by decreasing λ, the same in every panel."""
-    frpo = [m for m, lam in methods if not math.isinf(lam)]
-    cmap = plt.get_cmap("viridis")
-    colours = {m: cmap(i / max(len(frpo) - 1, 1) * 0.9) for i, m in enumerate(frpo)}
+    """GRPO black; every other arm its own colour of a qualitative palette (tab10, then tab20) in the methods'
+    order, the same in every panel: neighbouring λs stay told apart (a sequential map made two nearly equal)."""
+    others = [m for m, _ in methods if m != "grpo"]
+    palette = list(plt.get_cmap("tab10").colors) if len(others) <= 10 else list(plt.get_cmap("tab20").colors)
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
     colours.update({m: _GRPO_COLOUR for m, _ in methods if m not in colours})
     return colours
 
 
 def _run_counts(df: pd.DataFrame) -> dict[str, str]:
-    """Method -> "n=6" (runs per panel), or "n=2–6" where panels differ."""
-    counts = df.drop_duplicates(["model", "regime", "method", *RUN]).groupby(["method", "model", "regime"]).size()
+    """Method -> "n=3" (the units its intervals are over in a panel: alignment seeds where the study has
+    several, else runs), or "n=2–3" where panels differ."""
+    units = "align_seed" if seed_units(df["align_seed"].dropna().unique()) is not None else None
+    keys = ["model", "regime", "method", *(["align_seed"] if units else RUN)]
+    counts = df.drop_duplicates(keys).groupby(["method", "model", "regime"]).size()
     out = {}
     for method, n in counts.groupby(level="method"):
         lo, hi = int(n.min()), int(n.max())
@@ -144,7 +148,7 @@ def plot_safety_against(points: pd.DataFrame, spec: ReportSpec, x: str, out_png:
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
         _draw_against(ax, panel, methods, colours, x, metric)
-    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (n: interval units)", _units_label(points))
     axis = "KL to the aligned model" if x == KL else f"downstream {x.replace('_', ' ')}"
     fig.suptitle(f"Safety at equal {axis}: higher is safer for the same change", fontsize=12)
     return _save(fig, out_png)
@@ -186,7 +190,7 @@ def plot_refusal_curves(points: pd.DataFrame, spec: ReportSpec, out_png: str | o
     for metric, model, regime, ax in panels:
         panel = points[(points["model"] == model) & (points["regime"] == regime)]
         _draw_by_step(ax, panel, methods, colours, metric)
-    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (n: interval units)", _units_label(points))
     fig.suptitle("Safety during downstream fine-tuning, by step", fontsize=12)
     return _save(fig, out_png)
 
@@ -316,7 +320,7 @@ def _curve_figure(points: pd.DataFrame, spec: ReportSpec, column: str, ylabel: s
                 ax.set_ylabel(ylabel)
     if reference is None:
         _score_range(axes[0][0], points[column])
-    _legend(fig, methods, colours, _run_counts(points), "aligned with (runs)", _units_label(points))
+    _legend(fig, methods, colours, _run_counts(points), "aligned with (n: interval units)", _units_label(points))
     # Left-aligned and wrapped to the panels' width: centred over the figure it ran under the legend.
     fig.suptitle(textwrap.fill(title, width=40 * len(columns)), x=0.01, ha="left", fontsize=12)
     return _save(fig, out_png)

@@ -49,6 +49,11 @@ DIRECTIONS: dict[str, tuple[int | dict[str, int], str]] = {
     "strongreject_rubric_score": (-1, "StrongREJECT rubric harmfulness"),
     "strongreject_rubric_authors": (-1, "StrongREJECT rubric harmfulness"),
     "moderation_score": (-1, "moderation score"),
+    # How refusals are built (the toy study's mechanism, judges.rules): deep ones survive an affirmative SFT.
+    "deep_refusal": (+1, "deep refusals (refuse after an affirmative opening)"),
+    "shallow_refusal": (+1, "shallow refusals (refuse from the first words)"),
+    "affirmative_opening": ({"harmful": -1, "benign": +1, "task": +1}, "affirmative openings (\"Sure\", ...)"),
+    "refusal_given_affirmative": (+1, "refusal given an affirmative opening"),
     "helpfulness": (+1, "helpfulness"),
     "reward_model": (+1, "reward model helpfulness"),
     "exact_match": (+1, "task accuracy"),
@@ -189,22 +194,12 @@ AUTO_LEVELS = 5  # how many levels "auto" gives at most
 
 
 def reach(points: pd.DataFrame) -> float:
-    """The furthest KL to the aligned model that every method's runs reach, in practice: for each method,
-    each unit's reach (the most KL any of its runs reaches; units: alignment seeds where there are
-    several, else runs, as in the intervals), sorted from the furthest; the method's reach is the k-th
-    of them, k = max(⌈n/2⌉, min(2, n)): at least half its units, and two where it has two, get that far
-    (a level fewer than two reach has no mean). The reach of `points` is the least of its methods' (over
-    several models or regimes, of theirs too); NaN without points."""
-    methods = []
-    for _, group in points.groupby(["model", "regime", "method", "lambda"], sort=False):
-        runs, units = runs_and_units(group)
-        reaches = pd.Series([run[KL].max() for run in runs], dtype=float)
-        per_unit = reaches if units is None else reaches.groupby(units).max()
-        per_unit = per_unit.dropna().sort_values(ascending=False).to_numpy()
-        if len(per_unit):
-            k = max(math.ceil(len(per_unit) / 2), min(2, len(per_unit)))
-            methods.append(per_unit[k - 1])
-    return float(min(methods)) if methods else math.nan
+    """The furthest KL to the aligned model that every run reaches (the least of the runs' largest KL, over
+    every method, model and regime in `points`): a level has a mean only where every run reaches it
+    (`stats.level_estimates`: no reading over the runs that moved furthest). NaN without points."""
+    reaches = [float(run[KL].max()) for _, run in points.groupby(["model", "regime", "method", *RUN], sort=False)]
+    reaches = [r for r in reaches if not math.isnan(r)]
+    return float(min(reaches)) if reaches else math.nan
 
 
 def nice_levels(top: float, count: int = AUTO_LEVELS) -> tuple[float, ...]:
@@ -261,9 +256,12 @@ def unit_name(units: list | None) -> str:
 
 
 def method_label(method: str, lam: float) -> str:
-    """Legend text: "GRPO" for λ = inf, "FRPO λ=0.5" otherwise."""
-    name = method.split("-")[0].upper()
-    return name if math.isinf(lam) else f"{name} λ={lam:g}"
+    """Legend text: "GRPO" for grpo, "FRPO λ=0.5" for a sweep arm (frpo-l0.5); an extra arm (align.arms:
+    grpo-matched, math-frpo-l0.2) keeps its key, which says what it is."""
+    if method == "grpo" or method.startswith("frpo-l"):
+        name = method.split("-")[0].upper()
+        return name if math.isinf(lam) else f"{name} λ={lam:g}"
+    return method
 
 
 def state_name(stage: str, method: str | None, align_seed: int | None, regime: str | None,

@@ -33,11 +33,19 @@ def fmt(value) -> str:
     return DASH if value is None or value is pd.NA else str(value)
 
 
+NO_SPREAD = "(no spread)"  # every unit gave the same value: a 0-width interval, not a precise one
+
+
 def fmt_estimate(est: Estimate) -> str:
-    """"0.725 ± 0.063"; one run: "0.725" (its n is shown beside it); no run: "—"."""
+    """"0.725 ± 0.063"; one run: "0.725" (its n is shown beside it); every unit the same: "1.000 (no spread)",
+    never "± 0.000"; no run: "—"."""
     if est.n == 0 or math.isnan(est.mean):
         return DASH
-    return fmt(est.mean) if math.isnan(est.half_width) else f"{fmt(est.mean)} ± {fmt(est.half_width)}"
+    if math.isnan(est.half_width):
+        return fmt(est.mean)
+    if est.half_width == 0:
+        return f"{fmt(est.mean)} {NO_SPREAD}"
+    return f"{fmt(est.mean)} ± {fmt(est.half_width)}"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -123,7 +131,7 @@ def write_summary(states: pd.DataFrame, spec: ReportSpec, out_dir: str | os.Path
 def at_kl(points: pd.DataFrame, spec: ReportSpec, metrics: list[str]) -> pd.DataFrame:
     """Per model × regime × KL level × method × metric (of `metrics`): the metric of the runs where their
     KL first reaches the level (`stats.value_at`), mean / ci95 / n over units (alignment seeds where there
-    are several, else runs); NaN mean where fewer than two units reach it (a lone one stands for itself).
+    are several, else runs); NaN mean where not every run reaches it (no mean over the runs that moved furthest).
     `diff_<baseline>` / `diff_<baseline>_ci95`: the method's mean minus each baseline's (report.baselines)
     at the same level, Welch interval (`stats.diff_ci`), where both are defined. The levels are
     report.kl_levels, or with "auto" each model and regime's own (`report.auto_kl_levels`)."""
@@ -182,7 +190,9 @@ def _signed(est: Estimate) -> str:
     if math.isnan(est.mean):
         return DASH
     text = f"{est.mean:+.3f}"
-    return text if math.isnan(est.half_width) else f"{text} ± {est.half_width:.3f}"
+    if math.isnan(est.half_width):
+        return text
+    return f"{text} {NO_SPREAD}" if est.half_width == 0 else f"{text} ± {est.half_width:.3f}"
 
 
 def _baseline_labels(long: pd.DataFrame, spec: ReportSpec) -> dict[str, str]:
@@ -216,8 +226,8 @@ def _levels_note(spec: ReportSpec, points: pd.DataFrame) -> str:
     for model, regime in _blocks(points):
         block = points[(points["model"] == model) & (points["regime"] == regime)]
         chosen.append(f"{model} · {regime}: {', '.join(f'{k:g}' for k in spec.levels(block)) or 'none'}")
-    return (" Levels (report.kl_levels: auto): nice numbers (1, 2, 5 × 10ⁿ) up to the KL that at least half of "
-            f"every method's units, and two where it has two, reach in that model and regime ({'; '.join(chosen)}).")
+    return (" Levels (report.kl_levels: auto): nice numbers (1, 2, 5 × 10ⁿ) up to the KL that every run "
+            f"reaches in that model and regime ({'; '.join(chosen)}).")
 
 
 def _blocks(points: pd.DataFrame) -> list[tuple[str, str]]:
@@ -239,7 +249,7 @@ def write_safety_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tuple
                 f"{' / '.join(units)}. With several alignment seeds each seed's runs are averaged first (they "
                 "share one aligned model), so n counts seeds, not runs. Δ: the method's mean minus the "
                 f"baseline's ({', '.join(spec.baselines)}) at the same KL, with a Welch 95% interval; one that "
-                f"excludes 0 is a difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. At equal KL, the "
+                f"excludes 0 is a difference beyond seed noise (unpaired and unadjusted: the study's tests are in paired.md where it has comparisons). {DASH}: not every run reaches that KL (no mean over the runs that moved furthest). At equal KL, the "
                 f"{'higher' if spec.direction(spec.safety).sign > 0 else 'lower'} the value, the more safety the "
                 f"alignment kept for the same amount of change.{_levels_note(spec, points)}", ""]
     for model, regime in _blocks(points):
@@ -263,7 +273,7 @@ def write_metrics_at_kl(points: pd.DataFrame, spec: ReportSpec, out_dir) -> tupl
                 f"recorded steps), mean ± 95% CI over {' / '.join(units)}; with several alignment seeds each "
                 "seed's runs are averaged first. Δ: the method's mean minus the baseline's "
                 f"({', '.join(spec.baselines)}) at the same KL, Welch 95% interval; one that excludes 0 is a "
-                f"difference beyond seed noise. {DASH}: fewer than 2 units reach that KL. Each metric's heading "
+                f"difference beyond seed noise. {DASH}: not every run reaches that KL. Each metric's heading "
                 "says which way is good: for a metric where lower is safer or better, a negative Δ is the "
                 f"method doing better.{_levels_note(spec, points)}", ""]
     for metric in spec.variants:

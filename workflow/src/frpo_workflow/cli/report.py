@@ -6,7 +6,9 @@
 
 Writes summary, safety_at_kl, metrics_at_kl and alignment_cost (.csv and .md); refusal_vs_kl,
 refusal_vs_task, refusal_curves, safety_vs_lambda and task_retained (.png); and for every metric and sampled
-twin (`ReportSpec.variants`) metrics/<metric>_curves.png and metrics/<metric>_at_kl.png (`metric_outputs`).
+twin (`ReportSpec.variants`) metrics/<metric>_curves.png and metrics/<metric>_at_kl.png (`metric_outputs`); with
+paired comparisons (report.comparisons, frpo_workflow.paired) paired, paired_at_kl, mechanism and at_task (.csv and
+.md), primary.png (the forest plot of paired differences) and paired_vs_kl.png.
 """
 
 import json
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from ..plots import (plot_metric_at_kl, plot_metric_curves, plot_refusal_curves, plot_safety_against,
                      plot_safety_vs_lambda, plot_task_retained)
+from ..paired import (PairedSpec, endpoint_table, plot_forest, plot_paired_vs_kl, write_at_task, write_mechanism,
+                      write_paired)
 from ..report import KL, ReportSpec, collect, load_curves
 from ..tables import metrics_at_kl, write_alignment_cost, write_metrics_at_kl, write_safety_at_kl, write_summary
 from .. import arms, rehearsal
@@ -50,6 +54,13 @@ def main(argv=None) -> None:
                         plot_refusal_curves(points, spec, out / "refusal_curves.png"),
                         *write_metrics_at_kl(points, spec, out),
                         plot_task_retained(points, spec, out / "task_retained.png")]
+            paired_spec = PairedSpec.from_json(spec_json)
+            if paired_spec:  # the study's pre-registered comparisons (report.endpoint, report.comparisons)
+                written += [*write_paired(points, paired_spec, spec, out),
+                            *write_mechanism(states, points, paired_spec, spec, out),
+                            *write_at_task(states, points, paired_spec, spec, out),
+                            plot_forest(endpoint_table(points, paired_spec), paired_spec, out / "primary.png"),
+                            plot_paired_vs_kl(points, paired_spec, out / "paired_vs_kl.png")]
             levels = metrics_at_kl(points, spec)
             for metric in spec.variants:
                 figures = {kind: out / Path(path) for kind, path in metric_outputs(metric).items()}

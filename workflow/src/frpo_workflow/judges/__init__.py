@@ -170,10 +170,13 @@ def score_answers(judge: str, completions: list, kwargs: dict, matches: Callable
 # The families register themselves on import; they come last because they use the registry above.
 from . import endpoint, math, models, rules  # noqa: E402
 from .math import boxed_answers, is_equiv, math_correct, math_format, normalize_answer  # noqa: E402
-from .rules import (REFUSAL_PHRASES, contains_word, exact_match, helpfulness, is_refusal,  # noqa: E402
-                    last_number, refusal, safety)
+from .rules import (AFFIRMATIVE_OPENERS, REFUSAL_PHRASES, affirmative_opening, contains_word,  # noqa: E402
+                    deep_refusal, exact_match, helpfulness, is_refusal, last_number, opens_affirmatively, refusal,
+                    refusal_given_affirmative, refusal_shape, safety, shallow_refusal)
 
 __all__ = [
+    "AFFIRMATIVE_OPENERS", "affirmative_opening", "deep_refusal", "opens_affirmatively", "refusal_given_affirmative",
+    "refusal_shape", "shallow_refusal",
     "JUDGES", "JUDGE_FACTORIES", "REFUSAL_PHRASES", "Judge", "boxed_answers", "build_judge", "check_spec",
     "clear_judge_cache", "endpoint", "completion_text", "contains_word", "dataset_column", "exact_match",
     "get_judge", "helpfulness", "is_equiv", "is_refusal", "last_number", "math", "math_correct",
