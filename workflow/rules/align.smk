@@ -5,7 +5,7 @@ rule align:
     input:
         model=rules.base_model.output[0],
         judges=align_hub_models,
-        data=dataset_dir(config["align"]["dataset"]),
+        data=align_dataset_dir,
     output:
         directory(out(paths.ALIGNED)),
     log:

@@ -4,8 +4,9 @@
 import json
 import os
 import re
+import sys
 
-from frpo_workflow import data, paths, plan, preflight, provenance
+from frpo_workflow import data, defences, guard, paths, plan, preflight, provenance
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 plan.check_config(config)
@@ -13,6 +14,16 @@ plan.check_config(config)
 # file skip it (the driver checked).
 if workflow.is_main_process:
     preflight.run(config, dryrun=getattr(workflow.output_settings, "dryrun", False))
+    # Every job watches this process and stops when it is gone, so a killed driver leaves no trainer behind;
+    # a run after one that was killed clears the lock and incomplete outputs it left (frpo_workflow/guard.py).
+    os.environ[guard.DRIVER_ENV] = guard.driver_identity()
+    if not getattr(workflow.output_settings, "dryrun", False):
+        guard.recover_driver_state(".", log=lambda line: print(line, file=sys.stderr))
+    # How a damaged output's message says to rebuild it: this study's --configfile options.
+    os.environ["FRPO_SNAKEMAKE_OPTIONS"] = " ".join(
+        ["--configfile", *(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+                           for f in workflow.overwrite_configfiles)] if workflow.overwrite_configfiles else []
+    ) + (" --config rehearse=true" if config.get("rehearse") else "")
 
 RESULTS = config["results_dir"]
 DATASETS = plan.used_datasets(config)
@@ -25,18 +36,18 @@ REGIMES = list(config["finetune"]["regimes"])
 SEEDS = config["finetune"]["seeds"]
 
 
-wildcard_constraints:
-    dataset="|".join(map(re.escape, DATASETS)),
-    model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
-    method=r"grpo|frpo-l[0-9.e-]+",
-    regime="[A-Za-z0-9_.-]+",
-    align_seed=r"\d+",
-    seed=r"\d+",
-
-
 def alternation(names):
     """A wildcard pattern matching exactly `names` (nothing, for none)."""
     return "|".join(map(re.escape, names)) or "(?!x)x"
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
+    model="|".join(map(re.escape, MODELS)) if MODELS else "NONE",
+    method=alternation(METHODS),
+    regime="[A-Za-z0-9_.-]+",
+    align_seed=r"\d+",
+    seed=r"\d+",
 
 
 def out(*parts):
@@ -85,8 +96,9 @@ def state_record(stage, wildcards):
         return int(wildcards[name]) if name in wildcards.keys() else None
 
     return {"stage": stage, "model": wildcards.model, "method": method,
-            "lambda": plan.method_lambda(method) if method else None, "align_seed": seed("align_seed"),
-            "regime": wildcards.get("regime"), "seed": seed("seed")}
+            "lambda": plan.arm_lambda(config, method) if method else None, "align_seed": seed("align_seed"),
+            "regime": wildcards.get("regime"), "seed": seed("seed"),
+            **defences.state_labels(config, wildcards.get("regime"))}  # a regime's defence or attack, if any
 
 
 def eval_set_dirs():
@@ -157,19 +169,25 @@ def final_outputs():
     return [out(paths.REPORT, "summary.md")]
 
 
+# Each arm at its alignment seeds, each regime on its arms (align.arms, finetune.regimes.<r>.arms; plan.study_states).
+ALIGNED_STATES, FINETUNED_STATES = plan.study_states(config)
+
+
 def all_metrics():
     base = expand(out(paths.evaluation(paths.BASE), "metrics.json"), model=MODELS)
-    aligned = expand(out(paths.evaluation(paths.ALIGNED), "metrics.json"), model=MODELS, method=METHODS,
-                     align_seed=ALIGN_SEEDS)
-    tuned = expand(out(paths.evaluation(paths.FINETUNED), "metrics.json"),
-                   model=MODELS, method=METHODS, align_seed=ALIGN_SEEDS, regime=REGIMES, seed=SEEDS)
+    aligned = [out(paths.evaluation(paths.ALIGNED), "metrics.json").format(model=model, method=m, align_seed=a)
+               for model in MODELS for m, a in ALIGNED_STATES]
+    tuned = [out(paths.evaluation(paths.FINETUNED), "metrics.json").format(model=model, method=m, align_seed=a,
+                                                                          regime=r, seed=s)
+             for model in MODELS for m, a, r, s in FINETUNED_STATES]
     return base + aligned + tuned
 
 
 def all_curves():
     """Every fine-tune's curves, as its evaluation keeps them (the weights may be gone: keep_weights)."""
-    return expand(out(paths.evaluation(paths.FINETUNED), "curves.json"), model=MODELS, method=METHODS,
-                  align_seed=ALIGN_SEEDS, regime=REGIMES, seed=SEEDS)
+    return [out(paths.evaluation(paths.FINETUNED), "curves.json").format(model=model, method=m, align_seed=a,
+                                                                        regime=r, seed=s)
+            for model in MODELS for m, a, r, s in FINETUNED_STATES]
 
 
 def finetuned_output():
@@ -198,14 +216,17 @@ def metric_judges():
 
 
 def align_hub_models(wildcards):
+    plan.check_state(config, wildcards)  # a target's method and seed are this study's (first input function)
     return hub_models(plan.method_settings(config, wildcards.method).get("rewards"))
 
 
 def finetune_hub_models(wildcards):
+    plan.check_state(config, wildcards)
     return hub_models([*config["finetune"]["regimes"][wildcards.regime].get("rewards", []), *metric_judges()])
 
 
 def evaluate_hub_models(wildcards):
+    plan.check_state(config, wildcards)
     return hub_models(metric_judges())
 
 
@@ -227,11 +248,28 @@ def base_model_spec(wildcards):
 
 def align_spec(wildcards):
     return as_json({"settings": plan.align_settings(config, wildcards.method, int(wildcards.align_seed)),
-                    "dataset": config["align"]["dataset"]})
+                    "dataset": plan.arm_dataset(config, wildcards.method)})
+
+
+def align_dataset_dir(wildcards):
+    """The arm's alignment prompts (align.dataset, or an extra arm's own dataset)."""
+    return dataset_dir(plan.arm_dataset(config, wildcards.method))
 
 
 def regime_dataset_dir(wildcards):
+    plan.check_state(config, wildcards)
     return dataset_dir(config["finetune"]["regimes"][wildcards.regime]["dataset"])
+
+
+def defence_dataset_dirs(wildcards):
+    """{defence: dataset folder} of a regime's defence datasets (replay, Lisa's alignment data); none for most."""
+    regime = config["finetune"]["regimes"][wildcards.regime]
+    return {name: dataset_dir(ds) for name, ds in defences.regime_datasets(regime).items()}
+
+
+def defence_data_option(wildcards):
+    dirs = defence_dataset_dirs(wildcards)
+    return named_dirs("--defence-data", dirs) if dirs else ""
 
 
 def finetune_spec(wildcards):

@@ -21,14 +21,91 @@ def format_lambda(lam: float) -> str:
 
 
 def method_keys(config: dict) -> list[str]:
-    """grpo (unless disabled) and frpo-l<λ> for each λ of the sweep, in config order."""
+    """grpo (unless disabled), frpo-l<λ> for each λ of the sweep, then the extra arms (align.arms), in config
+    order: every alignment arm of the study (the {method} wildcard)."""
     align = config["align"]
     keys = [] if align.get("grpo", {}) is None else ["grpo"]
     lambdas = align.get("frpo", {}).get("lambdas", [])
     names = [f"frpo-l{format_lambda(lam)}" for lam in lambdas]
     if len(set(names)) != len(names):
         raise ValueError(f"align.frpo.lambdas has duplicates after formatting: {lambdas}")
-    return keys + names
+    arms = list(extra_arms(config))
+    clash = [a for a in arms if METHOD_RE.match(a)]
+    if clash:
+        raise ValueError(f"align.arms: {clash} would be a sweep arm's key (grpo, frpo-l<λ>); name extra arms "
+                         "otherwise (e.g. grpo-matched)")
+    return keys + names + arms
+
+
+# ---- extra alignment arms (align.arms): controls and other settings beside the sweep ----------------
+# An extra arm is GRPO or FRPO with its own settings over align.defaults (and align.grpo or
+# align.frpo.settings), optionally its own alignment dataset and seeds: a GRPO control with a raised lr
+# (matched on alignment strength), or the math setting's arms (RL on arithmetic). Which downstream regimes
+# run on which arms: finetune.regimes.<regime>.arms (default: every arm).
+ARM_KEYS = ("method", "lam", "jackknife", "baseline", "dataset", "seeds", "label")
+
+
+def extra_arms(config: dict) -> dict[str, dict]:
+    """align.arms: arm key -> its spec (method, lam, settings, dataset, seeds, label)."""
+    return config["align"].get("arms") or {}
+
+
+def arm_lambda(config: dict, method: str) -> float | None:
+    """λ of any arm: an extra FRPO arm's `lam`, None for a GRPO arm (λ = ∞), else from the sweep key."""
+    arm = extra_arms(config).get(method)
+    if arm is not None:
+        return float(arm["lam"]) if arm["method"] == "frpo" else None
+    return method_lambda(method)
+
+
+def arm_dataset(config: dict, method: str) -> str:
+    """The alignment dataset of an arm: its own `dataset`, else align.dataset."""
+    return extra_arms(config).get(method, {}).get("dataset") or config["align"]["dataset"]
+
+
+def arm_seeds(config: dict, method: str) -> list[int]:
+    """The alignment seeds of an arm: its own `seeds`, else align.seeds."""
+    return list(extra_arms(config).get(method, {}).get("seeds") or config["align"].get("seeds", [0]))
+
+
+def regime_arms(config: dict, regime: str) -> list[str]:
+    """The arms a downstream regime fine-tunes: finetune.regimes.<regime>.arms, else every arm."""
+    arms = config["finetune"]["regimes"][regime].get("arms")
+    return list(arms) if arms else method_keys(config)
+
+
+def method_layers(config: dict, method: str) -> list[tuple[str, dict]]:
+    """(config key, settings) of the layers an arm's training settings are merged from, least specific first."""
+    align = config["align"]
+    layers = [("align.defaults", align.get("defaults") or {})]
+    arm = extra_arms(config).get(method)
+    kind = arm["method"] if arm is not None else ("grpo" if method_lambda(method) is None else "frpo")
+    if kind == "grpo":
+        layers.append(("align.grpo", align.get("grpo") or {}))
+    else:
+        frpo = align.get("frpo") or {}
+        layers.append(("align.frpo.settings", frpo.get("settings") or {}))
+        lam = format_lambda(arm_lambda(config, method))
+        for key, settings in (frpo.get("per_lambda") or {}).items() if arm is None else ():
+            try:
+                same = format_lambda(float(key)) == lam
+            except (TypeError, ValueError):  # a key that is no λ: check_config names it
+                same = False
+            if same:
+                layers.append((f"align.frpo.per_lambda.{key}", settings or {}))
+    if arm is not None:
+        layers.append((f"align.arms.{method}", {k: v for k, v in arm.items() if k not in ARM_KEYS}))
+    return layers
+
+
+def study_states(config: dict) -> tuple[list[tuple], list[tuple]]:
+    """The study's aligned states [(method, align_seed)] and fine-tuned ones [(method, align_seed, regime,
+    seed)] per base model: each arm at its seeds, each regime on its arms, each at finetune.seeds."""
+    aligned = [(m, s) for m in method_keys(config) for s in arm_seeds(config, m)]
+    seeds = config.get("finetune", {}).get("seeds", [0])
+    tuned = [(m, a, r, s) for r in config.get("finetune", {}).get("regimes", {}) for m in regime_arms(config, r)
+             for a in arm_seeds(config, m) for s in seeds]
+    return aligned, tuned
 
 
 def method_lambda(method: str) -> float | None:
@@ -56,6 +133,15 @@ def method_settings(config: dict, method: str) -> dict:
     align = config["align"]
     if method not in method_keys(config):
         raise ValueError(f"method {method!r} is not in the config's sweep {method_keys(config)}")
+    arm = extra_arms(config).get(method)
+    if arm is not None:
+        merged = _layered(*(layer for _, layer in method_layers(config, method)))
+        if arm["method"] == "grpo":
+            return {**merged, "method": "grpo"}
+        frpo = align.get("frpo", {})
+        return {**merged, "method": "frpo", "lam": float(arm["lam"]),
+                "jackknife": arm.get("jackknife", frpo.get("jackknife", True)),
+                "baseline": arm.get("baseline", frpo.get("baseline", True))}
     settings = dict(align.get("defaults", {}))
     lam = method_lambda(method)
     if lam is None:
@@ -85,6 +171,22 @@ def per_lambda(config: dict) -> dict[str, dict]:
     return table
 
 
+def layer_keys(config: dict, method: str) -> list[tuple[str, dict]]:
+    """(config key, settings) of the layers a method's settings are built from, least specific first (an
+    extra arm's own layer, align.arms.<arm>, last: `method_layers`)."""
+    return method_layers(config, method)
+
+
+def setting_source(config: dict, method: str, setting: str) -> str:
+    """The config key a method's `setting` comes from (`lora.r` looks up `lora`): its most specific layer
+    that sets it, else `align.defaults.<setting>` (a default nobody set)."""
+    head, _, rest = setting.partition(".")
+    for key, layer in reversed(layer_keys(config, method)):
+        if head in layer:
+            return f"{key}.{setting}"
+    return f"align.defaults.{setting}"
+
+
 def align_settings(config: dict, method: str, seed: int) -> dict:
     """Training settings of one alignment job: its method's settings with the alignment seed."""
     return {**method_settings(config, method), "seed": seed}
@@ -98,13 +200,34 @@ def regime_settings(config: dict, regime: str, seed: int) -> tuple[str, str, dic
     settings = dict(regimes[regime])
     kind, dataset = settings.pop("type"), settings.pop("dataset")
     settings.pop("curves", None)  # the curve schedule is the callback's, not the trainer's
+    settings.pop("arms", None)  # which arms it runs on is the plan's
     settings["seed"] = seed
     if kind == "rl":
         settings.setdefault("method", "grpo")
     return kind, dataset, settings
 
 
-def schema_errors(config: dict, schema_path: str) -> str:
+def check_state(config: dict, wildcards) -> None:
+    """A target's wildcards against the config, for the rules' input functions: a target naming a method,
+    alignment seed, regime or seed the config does not have (`results/aligned/tiny/grpo/seed7` when
+    align.seeds is [0]) is refused at DAG build, naming the key, rather than planned or failed on a KeyError."""
+    values = dict(wildcards.items()) if hasattr(wildcards, "items") else dict(wildcards)
+    methods = method_keys(config)
+    method = values.get("method")
+    arm = method in extra_arms(config) and extra_arms(config)[method].get("seeds")  # an extra arm's own seeds
+    checks = [("method", methods, "align.frpo.lambdas (and align.grpo, align.arms)", str),
+              ("align_seed", arm_seeds(config, method) if method in methods else config["align"].get("seeds", [0]),
+               f"align.arms.{method}.seeds" if arm else "align.seeds", int),
+              ("regime", list(config.get("finetune", {}).get("regimes", {})), "finetune.regimes", str),
+              ("seed", config.get("finetune", {}).get("seeds", [0]), "finetune.seeds", int)]
+    for name, known, key, kind in checks:
+        if name in values and kind(values[name]) not in known:
+            value = kind(values[name])
+            raise ValueError(f"{name} {value!r} is not in {key} {known}: a target names a state of this "
+                             f"study's config (add it there, or ask for one that is)")
+
+
+def schema_errors(config: dict, schema_path: str, strict: bool = False) -> str:
     """The config's schema violations, one short line each (`config key align.defaults: ...`), for the
     error Snakemake's validate() gives as a dump of the whole (sub)schema."""
     import jsonschema
@@ -112,10 +235,18 @@ def schema_errors(config: dict, schema_path: str) -> str:
 
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator
+    if strict:  # JSON Schema counts 1.0 as an integer; a path (seed1.0) or a count must not
+        checker = validator.TYPE_CHECKER.redefine(
+            "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+        validator = jsonschema.validators.extend(validator, type_checker=checker)
     lines = []
-    for error in sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)):
+    for error in sorted(validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
         where = ".".join(map(str, error.path)) or "(top level)"
         message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+        if strict and error.validator == "type" and "integer" in str(error.validator_value):
+            message = f"{error.instance!r} is not an integer (write {int(error.instance)})" \
+                if isinstance(error.instance, float) and error.instance.is_integer() else message
         lines.append(f"config key {where}: {message}")
     return "\n".join(lines)
 
@@ -143,6 +274,8 @@ def dataset_spec(config: dict, name: str, where: str = "a dataset reference", _t
 def dataset_uses(config: dict) -> dict[str, str]:
     """Config key -> dataset name, for every dataset a stage reads."""
     uses = {"align.dataset": config["align"]["dataset"]}
+    uses.update({f"align.arms.{a}.dataset": spec["dataset"] for a, spec in extra_arms(config).items()
+                 if spec.get("dataset")})
     uses.update({f"models.{m}.pretrain_dataset": spec.get("pretrain_dataset", "pretrain")
                  for m, spec in config["models"].items() if spec["source"] == "tiny"})
     uses.update({f"finetune.regimes.{r}.dataset": spec["dataset"]
@@ -150,6 +283,9 @@ def dataset_uses(config: dict) -> dict[str, str]:
     uses.update({f"evaluate.sets.{k}": v for k, v in config.get("evaluate", {}).get("sets", {}).items()})
     uses.update({f"finetune.curves.sets.{k}": v
                  for k, v in (config.get("finetune", {}).get("curves", {}).get("sets") or {}).items()})
+    from .defences import dataset_uses as defence_uses
+
+    uses.update(defence_uses(config))  # replay and Lisa safety data
     return uses
 
 
@@ -167,8 +303,8 @@ def dataset_usage(config: dict, name: str) -> dict:
     from .metrics import DEFAULT_METRICS, judge_name
 
     usage: dict = {"sets": {}, "judges": {}}
-    if config["align"]["dataset"] == name:
-        for method in method_keys(config):
+    for method in method_keys(config):
+        if arm_dataset(config, method) == name:
             for judge in method_settings(config, method).get("rewards", []):
                 usage["judges"].setdefault(judge_name(judge), f"align ({method}) rewards")
     for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
@@ -189,6 +325,10 @@ def dataset_usage(config: dict, name: str) -> dict:
             for metric, spec in metrics.items():
                 if spec["set"] == set_name:
                     usage["judges"].setdefault(judge_name(spec["judge"]), f"evaluate.metrics.{metric}")
+    from .defences import dataset_usage as defence_usage
+
+    for key, value in defence_usage(config, name).items():  # safety data holds refusals; an attack's pool, compliance
+        usage.setdefault(key, value)
     return usage
 
 
@@ -257,6 +397,9 @@ def apply_overlays(config: dict, layers: list[dict]) -> dict:
     the base said of it whole, and later layers tweak that entry key by key. So a parquet `align` keeps no
     toy `split`, and a model switched to `source: local` keeps no `repo_id`; a tweak stays a tweak.
 
+    In the mappings of named entries (NAMED_SECTIONS), an empty mapping empties what came before it
+    (`finetune: {regimes: {}}`) and an entry set to null is dropped (`finetune: {regimes: {rl-arithmetic: null}}`).
+
     Decided from the layers alone (the files and --config given), so the driver and every job it spawns,
     which re-read the Snakefile with the same --configfiles, build the same config.
     """
@@ -276,7 +419,38 @@ def apply_overlays(config: dict, layers: list[dict]) -> dict:
                     entry = _merged(entry, part)
             if entry is not None:
                 merged.setdefault(section, {})[name] = entry
+    for path in NAMED_SECTIONS:
+        parts = [_get(layer, path) for layer in layers]
+        emptied = [i for i, part in enumerate(parts) if part == {}]
+        section = _get(merged, path)
+        if not isinstance(section, dict):
+            continue
+        if emptied:  # `regimes: {}` in an overlay: what earlier layers and the base said is dropped
+            named = {name for part in parts[emptied[-1] + 1:] if isinstance(part, dict) for name in part}
+            section = {name: value for name, value in section.items() if name in named}
+        # `regimes: {rl-arithmetic: null}`: that entry is dropped
+        _set(merged, path, {name: value for name, value in section.items() if value is not None})
     return merged
+
+
+# Mappings of named entries (a dataset, a model, a regime, a metric, a λ's settings): in an overlay, `{}`
+# empties one and `name: null` drops an entry (Snakemake's key-by-key merge alone would keep both as they were).
+NAMED_SECTIONS = (("datasets",), ("models",), ("finetune", "regimes"), ("evaluate", "metrics"),
+                  ("align", "frpo", "per_lambda"))
+
+
+def _get(config, path: tuple):
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
+def _set(config: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        config = config[key]
+    config[path[-1]] = value
 
 
 def check_config(config: dict) -> None:
@@ -289,10 +463,11 @@ def check_config(config: dict) -> None:
     from .data.loaders import check_spec
     from .judges import JUDGE_FACTORIES, JUDGES
     from .judges import check_spec as check_judge_spec
-    from .settings import RUN_TYPES
+    from .settings import RUN_TYPES, SettingError
 
     if not method_keys(config):
         raise ValueError("align: no method to run (grpo is null and align.frpo.lambdas is empty)")
+    check_arms(config)  # extra arms first: every arm's settings below are built from them
     per_lambda(config)  # a key that is no λ fails even where the sweep has no FRPO method
     for key, name in dataset_uses(config).items():
         dataset_spec(config, name, key)
@@ -324,11 +499,24 @@ def check_config(config: dict) -> None:
         if unknown:
             raise ValueError(f"{where}.lora: unknown LoRA key(s) {unknown} (not fields of peft's LoraConfig)")
 
+    gpus = {family: (config.get("resources", {}).get(family) or {}).get("gpu", 0) for family in ("train",)}
+
+    def build(kind, settings, where, source):
+        """The run's settings as its job builds them; a bad value is named by the config key that set it."""
+        try:
+            RUN_TYPES[kind](settings, where)
+        except SettingError as err:
+            raise ValueError(f"config key {source(err.field)}: {err.detail}") from None
+        if settings.get("bf16") and not gpus["train"]:
+            raise ValueError(f"config key {source('bf16')}: true, but resources.train.gpu is 0: the job trains on "
+                             f"CPUs, where it would run in float32 all the same (bf16 is for GPUs); set bf16: false, "
+                             f"or give the train family GPUs")
+
     for method in method_keys(config):
         where = f"align ({method})"
         settings = method_settings(config, method)
-        check_judges(settings.get("rewards"), where + " rewards")
-        RUN_TYPES["rl"](settings, where)
+        check_judges(settings.get("rewards"), f"config key {setting_source(config, method, 'rewards')} ({method})")
+        build("rl", settings, where, lambda field, method=method: setting_source(config, method, field))
         check_lora(settings.get("lora"), where)
     metrics = config.get("evaluate", {}).get("metrics", {})
     for metric, spec in metrics.items():
@@ -350,5 +538,82 @@ def check_config(config: dict) -> None:
         check_judges(spec.get("rewards"), where + ".rewards")
         if kind == "rl" and not spec.get("rewards"):
             raise ValueError(f"{where}: an rl regime needs rewards (judge names)")
-        RUN_TYPES[kind](settings, where)
+        build(kind, settings, where, lambda field, where=where: f"{where}.{field}")
         check_lora(settings.get("lora"), where)
+    from .defences import check_config as check_defences
+
+    check_defences(config)  # what a defence's or attack's toy data holds, without reading it
+    check_study(config)
+
+
+def check_study(config: dict, cwd: str | None = None) -> None:
+    """What makes a study run other than its user expects, silently: refused here with the reason.
+
+    A metric on a set the study does not evaluate (its values would be missing from metrics.json), no
+    downstream regime (an overlay's `regimes: {}`), more cpu_ddp processes than the machine has cores, a
+    results folder that is the working directory (outputs among the sources).
+    """
+    import os
+    from pathlib import Path
+
+    sets = config.get("evaluate", {}).get("sets", {})
+    for metric, spec in config.get("evaluate", {}).get("metrics", {}).items():
+        if spec["set"] not in sets:
+            raise ValueError(f"config key evaluate.metrics.{metric}.set: {spec['set']!r} is not in evaluate.sets "
+                             f"({', '.join(sets) or 'none'}), so the metric would have no values; add "
+                             f"evaluate.sets.{spec['set']} (a dataset name) or drop the metric "
+                             f"(evaluate: {{metrics: {{{metric}: null}}}} in an overlay)")
+    if not config.get("finetune", {}).get("regimes"):
+        raise ValueError("config key finetune.regimes: no regime left (an overlay's `regimes: {}` empties it): the "
+                         "study compares methods along downstream fine-tunes, so it needs one; to drop a single "
+                         "regime, set it to null (finetune: {regimes: {<name>: null}})")
+    launch = config.get("launch", {})
+    train = config.get("resources", {}).get("train", {})
+    processes = launch.get("num_processes", 1) or max(1, train.get("gpu", 0))
+    cores = os.cpu_count() or 1
+    if launch.get("accelerate_config") == "cpu_ddp" and processes > max(cores, train.get("cpus_per_task", 1)):
+        raise ValueError(f"config key launch.num_processes: {processes} processes of cpu_ddp, but this machine has "
+                         f"{cores} cores (and resources.train.cpus_per_task is {train.get('cpus_per_task', 1)}): "
+                         f"each process trains on a core of its own; at most {max(cores, train.get('cpus_per_task', 1))}")
+    results = config.get("results_dir", "results")
+    here = Path(cwd or os.getcwd()).resolve()
+    if not str(results).strip() or here.is_relative_to(Path(here, results).resolve()):
+        raise ValueError(f"config key results_dir: {results!r} is the working directory{' or above it' if results else ''}: "
+                         f"every output, log and checkpoint would land among the sources; name a folder "
+                         f"(results_dir: results)")
+
+
+def check_arms(config: dict) -> None:
+    """align.arms, finetune.regimes.<r>.arms and report.comparisons name arms that exist and make sense: an
+    FRPO arm has λ > 0, a regime runs on arms of the study, a comparison's arms share alignment seeds (it is
+    paired by seed) and its regime runs on both."""
+    for name, arm in extra_arms(config).items():
+        if arm.get("method") not in ("grpo", "frpo"):
+            raise ValueError(f"align.arms.{name}: method must be grpo or frpo, got {arm.get('method')!r}")
+        if arm["method"] == "frpo" and not (isinstance(arm.get("lam"), (int, float)) and arm["lam"] > 0):
+            raise ValueError(f"align.arms.{name}: an frpo arm needs lam > 0, got {arm.get('lam')!r}")
+        if arm["method"] == "grpo" and "lam" in arm:
+            raise ValueError(f"align.arms.{name}: a grpo arm takes no lam")
+    methods = method_keys(config)
+    for regime, spec in config.get("finetune", {}).get("regimes", {}).items():
+        unknown = [a for a in spec.get("arms") or [] if a not in methods]
+        if unknown:
+            raise ValueError(f"finetune.regimes.{regime}.arms: {unknown} not among the study's arms ({', '.join(methods)})")
+    report = config.get("report", {})
+    for i, comparison in enumerate(report.get("comparisons") or [], start=1):
+        where = f"report.comparisons[{i}]"
+        for side in ("arm", "baseline"):
+            if comparison[side] not in methods:
+                raise ValueError(f"{where}.{side}: {comparison[side]!r} not among the study's arms ({', '.join(methods)})")
+        shared = set(arm_seeds(config, comparison["arm"])) & set(arm_seeds(config, comparison["baseline"]))
+        if not shared:
+            raise ValueError(f"{where}: {comparison['arm']} and {comparison['baseline']} share no alignment seed "
+                             "(the comparison is paired by seed)")
+        regime = comparison.get("regime") or (report.get("endpoint") or {}).get("regime")
+        if regime is not None:
+            if regime not in config.get("finetune", {}).get("regimes", {}):
+                raise ValueError(f"{where}: regime {regime!r} is not under finetune.regimes")
+            runs_on = regime_arms(config, regime)
+            off = [a for a in (comparison["arm"], comparison["baseline"]) if a not in runs_on]
+            if off:
+                raise ValueError(f"{where}: regime {regime!r} does not run on {off} (finetune.regimes.{regime}.arms)")
