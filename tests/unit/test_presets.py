@@ -19,7 +19,7 @@ from frpo_workflow.plan import check_config, lora_keys, method_keys, method_sett
 ROOT = Path(__file__).parents[2]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 PRESETS = sorted((ROOT / "workflow" / "presets").glob("*.yaml"))
-PAPER_PRESETS = [p for p in PRESETS if p.stem != "toy-study"]
+PAPER_PRESETS = [p for p in PRESETS if not p.stem.startswith("toy-")]
 CONFIGS = [ROOT / "config.yaml", *PRESETS]
 
 
@@ -178,6 +178,31 @@ def test_toy_study_preset_tests_the_claim_over_seeds():
     settings = [{k: v for k, v in method_settings(cfg, m).items() if k not in ("method", "lam", "jackknife", "baseline")}
                 for m in method_keys(cfg)]
     assert all(s == settings[0] for s in settings)
+
+
+def test_the_paired_toy_study_is_preregistered_and_powered():
+    """issue 23: the primary comparison is in the preset (endpoint, arms, test), paired arms differ in their
+    method and the control's lr only, 24 alignment seeds per compared arm (benchmarks/power.py)."""
+    from frpo_workflow.paired import PairedSpec
+    from frpo_workflow.plan import arm_seeds, regime_arms
+    from frpo_workflow.stats import paired_t_power
+
+    cfg = load(ROOT / "workflow" / "presets" / "toy-paired-study.yaml")
+    validate(cfg, SCHEMA)
+    check_config(cfg)
+    spec = PairedSpec.from_json(cfg["report"])
+    primary = [(c.arm, c.baseline) for c in spec.comparisons if c.role == "primary"]
+    assert primary == [("frpo-l0.2", "grpo"), ("frpo-l0.2", "grpo-matched")]
+    assert (spec.metric, spec.kl_max, spec.regime, spec.alpha) == ("harmful_refusal_rate_sampled", 5.0,
+                                                                   "sft-affirmative", 0.05)
+    for arm in ("grpo", "frpo-l0.2", "grpo-matched"):
+        assert len(arm_seeds(cfg, arm)) >= 22 and arm in regime_arms(cfg, "sft-affirmative")
+    assert paired_t_power(0.06 / 0.085, len(cfg["align"]["seeds"]), 0.025) >= 0.8
+    grpo, matched = method_settings(cfg, "grpo"), method_settings(cfg, "grpo-matched")
+    assert {k for k in set(grpo) | set(matched) if grpo.get(k) != matched.get(k)} <= {"lr", "steps"}
+    frpo = method_settings(cfg, "frpo-l0.2")
+    assert {k for k in set(grpo) | set(frpo) if grpo.get(k) != frpo.get(k)} == {"method", "lam", "jackknife", "baseline"}
+    assert cfg["finetune"]["seeds"] == [0]
 
 
 def test_an_overlay_can_shrink_the_sweep_and_per_lambda_entries_outside_it_go_unused():
