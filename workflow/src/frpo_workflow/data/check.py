@@ -24,6 +24,10 @@ def check_usage(name: str, records: list[dict], usage: dict) -> None:
             raise ValueError(f"{key}: dataset {name!r} has no {set_name} records (kinds: {kinds(records)})")
     for judge, key in usage.get("judges", {}).items():
         _applies(name, records, judge, key)
+    if usage.get("refusals") or usage.get("attack"):  # a defence's safety data, an attack's pool
+        from ..defences import check_usage as check_defence_usage
+
+        check_defence_usage(name, records, usage)
 
 
 def kinds(records: list[dict]) -> dict[str, int]:
@@ -38,6 +42,8 @@ def _applies(name: str, records: list[dict], judge: str, key: str) -> None:
 
     if judge not in JUDGES:
         return  # model-backed: loading it here would cost the time this check saves
+    if getattr(JUDGES[judge], "conditional", False):
+        return  # applies by the answer (refusal given a "Sure" opening), not by the record: nothing to check here
     try:
         scores = JUDGES[judge]([r["prompt"] for r in records], [""] * len(records), **judge_columns(records))
     except ValueError as err:
