@@ -45,6 +45,9 @@ try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError:  # validate() dumps the whole schema; say what is wrong, one line per key
     raise WorkflowError(plan.schema_errors(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")) from None
+# JSON Schema takes 1.0 for an integer (align.seeds: [1.0] would name a folder seed1.0); this workflow does not.
+if errors := plan.schema_errors(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", strict=True):
+    raise WorkflowError(errors)
 
 
 # A rehearsal (`--config rehearse=true`) is the same study on CPU, on random stand-ins of its models, in its own
@@ -68,6 +71,7 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/verify.smk"
 
 
 # ---- targets -------------------------------------------------------------------------------

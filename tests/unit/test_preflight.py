@@ -170,6 +170,8 @@ def test_local_models_judges_and_data_files_are_checked_with_their_keys(tmp_path
         ("evaluate.metrics.harmful_refusal_rate.judge.model", "./judges/hb")]
     for path in ("models/base", "judges/hb", "judges/rm"):
         (tmp_path / path).mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):  # a model folder, as preflight reads it
+        (tmp_path / "models" / "base" / name).write_text("{}")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "align.jsonl").write_text("{}\n")
     assert preflight.check(cfg, str(tmp_path)).error() is None

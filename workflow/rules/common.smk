@@ -19,11 +19,6 @@ if workflow.is_main_process:
     os.environ[guard.DRIVER_ENV] = guard.driver_identity()
     if not getattr(workflow.output_settings, "dryrun", False):
         guard.recover_driver_state(".", log=lambda line: print(line, file=sys.stderr))
-    # How a damaged output's message says to rebuild it: this study's --configfile options.
-    os.environ["FRPO_SNAKEMAKE_OPTIONS"] = " ".join(
-        ["--configfile", *(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
-                           for f in workflow.overwrite_configfiles)] if workflow.overwrite_configfiles else []
-    ) + (" --config rehearse=true" if config.get("rehearse") else "")
 
 RESULTS = config["results_dir"]
 DATASETS = plan.used_datasets(config)
@@ -134,9 +129,17 @@ _python = "python -m frpo_workflow.warm_start" if config["launch"]["warm_start"]
 os.environ["FRPO_PYTHON"] = _python
 
 
+# How a damaged output's message says to rebuild it (provenance.rebuild_command): this study's --configfile options.
+os.environ["FRPO_SNAKEMAKE_OPTIONS"] = " ".join(
+    ["--configfile", *(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+                       for f in workflow.overwrite_configfiles)] if workflow.overwrite_configfiles else []
+) + (" --config rehearse=true" if config.get("rehearse") else "")
+
+
 envvars:
     "FRPO_ACCELERATE_DIR",
     "FRPO_PYTHON",
+    "FRPO_SNAKEMAKE_OPTIONS",
 
 
 def launcher(family="train"):

@@ -70,16 +70,20 @@ class Report:
     missing_packages: list[MissingPackage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     base_dir: str = "."
+    problems: list[str] = field(default_factory=list)  # "key: what is wrong", e.g. a model folder without config
+    not_cached: list[str] = field(default_factory=list)  # hub repos a HF_HUB_OFFLINE run cannot read
 
     def error(self, packages: bool = True) -> str | None:
-        """The one error for every hard failure (packages included unless `packages` is False); None if
-        nothing stops the study."""
-        packages = self.missing_packages if packages else []
-        if not self.missing_files and not packages:
+        """The one error for every hard failure (packages and the offline cache included unless `packages`
+        is False: what a dry run only warns about); None if nothing stops the study."""
+        packages, offline = (self.missing_packages, self.not_cached) if packages else ([], [])
+        if not self.missing_files and not packages and not self.problems and not offline:
             return None
-        n = len(self.missing_files) + len(packages)
-        lines = [f"preflight: {n} problem{'s' if n > 1 else ''} stop this study before any job runs:"]
+        n = len(self.missing_files) + len(packages) + len(self.problems) + len(offline)
+        lines = [f"preflight: {n} problem{'s stop' if n > 1 else ' stops'} this study before any job runs:"]
         lines += [f"- {key}: file not found: {path}" for key, path in self.missing_files]
+        lines += [f"- {problem}" for problem in self.problems]
+        lines += [f"- {line}" for line in offline]
         lines += [f"- {p.line()}" for p in packages]
         if any(not os.path.isabs(path) for _, path in self.missing_files):
             lines.append(f"Relative paths are read from the working directory, {self.base_dir}.")
@@ -109,24 +113,9 @@ def gated(repo: str) -> bool:
     return any(repo.startswith(g) if g.endswith("/") else repo == g for g in GATED)
 
 
-def _layer_keys(config: dict, method: str) -> list[tuple[str, dict]]:
-    """(config key, settings) of the layers a method's settings are built from, least specific first."""
-    align = config["align"]
-    layers = [("align.defaults", align.get("defaults") or {})]
-    lam = plan.method_lambda(method)
-    if lam is None:
-        return layers + [("align.grpo", align.get("grpo") or {})]
-    frpo = align.get("frpo") or {}
-    layers.append(("align.frpo.settings", frpo.get("settings") or {}))
-    for key, settings in (frpo.get("per_lambda") or {}).items():
-        if plan.format_lambda(float(key)) == plan.format_lambda(lam):
-            layers.append((f"align.frpo.per_lambda.{key}", settings or {}))
-    return layers
-
-
 def _source(config: dict, method: str, setting: str) -> str:
     """The config key a method's `setting` comes from (its most specific layer that sets it)."""
-    return next(f"{key}.{setting}" for key, layer in reversed(_layer_keys(config, method)) if setting in layer)
+    return plan.setting_source(config, method, setting)
 
 
 def _judge_specs(config: dict) -> list[tuple[str, object]]:
@@ -225,7 +214,8 @@ def check(config: dict, base_dir: str | None = None) -> Report:
         if model and _is_local_model(model):
             files.setdefault(f"{key}.model" if key.endswith(".judge") else f"{label} model", model)
         elif model:
-            hub.setdefault(f"{key}.model" if key.endswith(".judge") else f"{label} model", model)
+            repo = f"{model}@{spec['revision']}" if spec.get("revision") else model
+            hub.setdefault(f"{key}.model" if key.endswith(".judge") else f"{label} model", repo)
         if spec.get("load_in_4bit"):
             needs.setdefault(BITSANDBYTES, []).append(label)
     order = {f"datasets.{name}.": i for i, name in enumerate(config.get("datasets", {}))}
@@ -271,7 +261,78 @@ def check(config: dict, base_dir: str | None = None) -> Report:
     for key, repo in hub.items():
         if gated(repo.split("@")[0]):
             report.warnings.append(f"{key}: {repo} is {GATED_HINT}")
+    _check_models(config, base_dir, results, report)
+    _check_cache(config, hub, report)
     return report
+
+
+def _check_models(config: dict, base_dir: str, results: Path, report: Report) -> None:
+    """Local model folders hold a model (config, tokenizer, weights); every LoRA target names a module of
+    every model it trains (module names read from the weights' header or index, or config.json's family)."""
+    from .model_files import folder_problem, module_names, short_names, unmatched_targets
+
+    missing = {key for key, _ in report.missing_files}
+    for model, spec in config["models"].items():
+        key = f"models.{model}.path"
+        if spec["source"] != "local" or key in missing:
+            continue
+        path = Path(base_dir, os.path.expanduser(spec["path"]))
+        if not path.resolve().is_relative_to(results) and (problem := folder_problem(path)):
+            report.problems.append(f"{key}: {spec['path']} {problem}")
+    loras = [(plan.setting_source(config, m, "lora.target_modules"), plan.method_settings(config, m).get("lora"))
+             for m in plan.method_keys(config)]
+    loras += [(f"finetune.regimes.{r}.lora.target_modules", spec.get("lora"))
+              for r, spec in (config.get("finetune", {}).get("regimes") or {}).items()]
+    loras = [(key, lora["target_modules"]) for key, lora in loras if lora and lora.get("target_modules")]
+    if not loras:
+        return
+    reported = set()
+    for model, spec in config["models"].items():
+        if spec["source"] == "local" and f"models.{model}.path" in missing:
+            continue
+        local = {**spec, "path": str(Path(base_dir, os.path.expanduser(spec["path"])))} if spec["source"] == "local" \
+            else spec
+        names, read_from = module_names(local, str(results))
+        if names is None:
+            continue  # nothing to read here (not cached, a stand-in): the job checks before it trains
+        for key, targets in loras:
+            unmatched = unmatched_targets(targets, names)
+            if unmatched and (key, model) not in reported:
+                reported.add((key, model))
+                report.problems.append(f"config key {key}: {unmatched} match no module of models.{model} (names "
+                                       f"from {read_from}); its modules end in: {', '.join(short_names(names))}")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_cache(config: dict, hub: dict[str, str], report: Report) -> None:
+    """With HF_HUB_OFFLINE set, every hub model and dataset must be in the Hugging Face cache already: the
+    local jobs that would fetch them run offline too (and a dataset job would fail on a connection error)."""
+    if not _offline() or not hub:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    revisions = {f"models.{m}.repo_id": spec.get("revision") for m, spec in config["models"].items()
+                 if spec["source"] == "hf"}
+    where = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    fix = "run once with network on this host (unset HF_HUB_OFFLINE), or copy the cache here"
+    for key, repo in hub.items():
+        if key.startswith("datasets."):
+            name = repo
+            folders = [Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}",
+                       Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+                       / name.replace("/", "___")]
+            if not any(folder.is_dir() for folder in folders):
+                report.not_cached.append(f"{key}: {name} is not in {where}, and HF_HUB_OFFLINE is set: {fix}")
+            continue
+        name, _, revision = repo.partition("@")
+        revision = revisions.get(key) or revision or None
+        found = [try_to_load_from_cache(name, f, revision=revision) for f in ("config.json", "adapter_config.json")]
+        if not any(isinstance(f, str) for f in found):
+            at = f"@{revision}" if revision else ""
+            report.not_cached.append(f"{key}: {name}{at} is not in {where}, and HF_HUB_OFFLINE is set: {fix}")
 
 
 def run(config: dict, dryrun: bool = False, base_dir: str | None = None, stream=None) -> Report:
@@ -281,10 +342,11 @@ def run(config: dict, dryrun: bool = False, base_dir: str | None = None, stream=
     names everything)."""
     stream = stream or sys.stderr
     report = check(config, base_dir)
-    error = report.error(packages=not dryrun or bool(report.missing_files))
+    error = report.error(packages=not dryrun or bool(report.missing_files or report.problems))
     lines = list(report.warnings)
-    if dryrun and not report.missing_files:
+    if dryrun and not report.missing_files and not report.problems:
         lines += [f"{p.line()} (a real run stops here)" for p in report.missing_packages]
+        lines += [f"{line} (a real run stops here)" for line in report.not_cached]
     for line in lines:
         print(f"preflight warning: {line}", file=stream)
     if error:

@@ -67,6 +67,105 @@ def path_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_manifest(directory: str | os.PathLike) -> dict[str, dict]:
+    """What a finished output folder holds: {relative path: {size, sha256, mtime_ns}} of every file
+    `path_sha256` counts (hidden files and provenance.json left out). Written into provenance.json, it lets a
+    reader check the folder (`verify_output`) and an input's hash be taken from it (`recorded_sha256`)."""
+    manifest = {}
+    for rel, path in _tree_files(Path(directory)):
+        st = path.stat()
+        manifest[rel] = {"size": st.st_size, "sha256": file_sha256(path), "mtime_ns": st.st_mtime_ns}
+    return manifest
+
+
+def recorded_sha256(path: str | os.PathLike) -> str:
+    """`path_sha256` of a folder, from its provenance.json's file hashes where every file is there with the size
+    and mtime recorded (nothing to read again: a 15 GB model is hashed once, by the job that wrote it);
+    computed from the bytes otherwise."""
+    p = Path(path)
+    manifest = recorded_files(p) if p.is_dir() else None
+    if manifest is not None:
+        files = dict(_tree_files(p))
+        if set(files) == set(manifest) and all(
+                (st := files[rel].stat()).st_size == rec["size"] and st.st_mtime_ns == rec.get("mtime_ns")
+                for rel, rec in manifest.items()):
+            h = hashlib.sha256()
+            for rel in sorted(manifest):
+                h.update(f"{rel}\0{manifest[rel]['sha256']}\n".encode())
+            return h.hexdigest()
+    return path_sha256(p)
+
+
+def recorded_files(directory: Path) -> dict | None:
+    try:
+        return read_provenance(directory).get("files")
+    except (OSError, ValueError):
+        return None
+
+
+# Files of at most this many bytes in all are hashed at every read; above it, only files whose size or mtime
+# changed (a full check: `python -m frpo_workflow.cli.verify`).
+CHEAP_BYTES = 256 << 20
+
+
+class DamagedOutput(RuntimeError):
+    """A finished output no longer holds what its provenance.json records."""
+
+
+def verify_output(directory: str | os.PathLike, full: bool | None = None) -> list[str]:
+    """What is wrong with a finished output folder, one line per file (none: nothing, or nothing recorded).
+
+    Sizes are always compared; contents (sha256) where the file's mtime changed, and every file when `full`
+    (None: when the folder holds at most CHEAP_BYTES)."""
+    directory = Path(directory)
+    manifest = recorded_files(directory)
+    if not manifest:
+        return []
+    if full is None:
+        full = sum(rec["size"] for rec in manifest.values()) <= CHEAP_BYTES
+    problems = []
+    for rel, rec in sorted(manifest.items()):
+        path = directory / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing (provenance.json records {rec['size']} bytes)")
+            continue
+        st = path.stat()
+        if st.st_size != rec["size"]:
+            problems.append(f"{path}: {st.st_size} bytes, provenance.json records {rec['size']} (cut short or "
+                            f"overwritten)")
+        elif (full or st.st_mtime_ns != rec.get("mtime_ns")) and file_sha256(path) != rec["sha256"]:
+            problems.append(f"{path}: its content changed (sha256 differs from the one provenance.json records)")
+    return problems
+
+
+def rebuild_target(directory: str | os.PathLike) -> str:
+    """The Snakemake target that rebuilds an output folder: the folder, or the file a rule declares in it."""
+    directory = Path(directory)
+    for name in ("metrics.json", "summary.md", "experiment.json"):
+        if (directory / name).is_file() and (directory.name == "report" or "eval" in directory.parts
+                                              or name == "experiment.json"):
+            return (directory / name).as_posix()
+    return directory.as_posix()
+
+
+def rebuild_command(directory: str | os.PathLike) -> str:
+    """`snakemake --force <target>` for an output folder, with the study's --configfile options where the
+    driver exported them (FRPO_SNAKEMAKE_OPTIONS)."""
+    options = os.environ.get("FRPO_SNAKEMAKE_OPTIONS", "").strip()
+    return f"snakemake --cores all {options + ' ' if options else ''}--force {rebuild_target(directory)}"
+
+
+def check_input(path: str | os.PathLike) -> None:
+    """Raise DamagedOutput naming the file and the command that rebuilds it, where an input that a job of this
+    workflow finished no longer holds what it recorded."""
+    p = Path(path)
+    directory = p if p.is_dir() else p.parent
+    problems = verify_output(directory)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DamagedOutput(f"{problems[0]}{more}; rebuild it: {rebuild_command(directory)}")
+
+
 @functools.lru_cache(maxsize=None)
 def git_state(directory: str | os.PathLike = _PACKAGE_DIR) -> tuple[str, bool | None]:
     """(commit, dirty) of the git checkout holding `directory`; ("unknown", None) outside one.
@@ -187,10 +286,13 @@ def write_provenance(out_dir: str | os.PathLike, *, inputs: dict[str, str | os.P
     """Write `<out_dir>/provenance.json` atomically and return its content.
 
     `started`/`ended` are Unix times (time.time()). The file is written to a temporary name and renamed,
-    so a reader (or a killed job) never sees half a file; its presence marks the output complete.
+    so a reader (or a killed job) never sees half a file; its presence marks the output complete. `files`
+    records what the folder holds (`file_manifest`: sizes and sha256), for `verify_output`.
     """
+    out = Path(out_dir)
     record = {
-        "inputs": {name: {"path": str(p), "sha256": path_sha256(p)} for name, p in inputs.items()},
+        "inputs": {name: {"path": str(p), "sha256": recorded_sha256(p)} for name, p in inputs.items()},
+        "files": file_manifest(out),
         "code": _code(),
         "config": config_slice,
         "packages": package_versions(),
@@ -201,7 +303,6 @@ def write_provenance(out_dir: str | os.PathLike, *, inputs: dict[str, str | os.P
         "mlflow_run_id": mlflow_run_id,
         "extra": dict(extra or {}),
     }
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{FILENAME}.", suffix=".tmp")
     try:

@@ -86,12 +86,27 @@ def _parent_adapter(model_dir, cfg: CommonTrainConfig) -> Path | None:
     return Path(model_dir) if cfg.lora is not None and is_adapter(model_dir) else None
 
 
-def _peft_config(cfg: CommonTrainConfig):
+def _peft_config(cfg: CommonTrainConfig, model=None):
     if cfg.lora is None:
         return None
     from peft import LoraConfig
 
+    if model is not None:
+        check_lora_targets(model, cfg)
     return LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
+
+
+def check_lora_targets(model, cfg: CommonTrainConfig) -> None:
+    """Every LoRA target names a module of `model`, before training: the DAG build checks this where it can
+    read the model's module names (a model not in the cache then is checked here, as it loads)."""
+    from .model_files import short_names, unmatched_targets
+    from .settings import SettingError
+
+    targets = (cfg.lora or {}).get("target_modules")
+    names = [name for name, _ in model.named_modules() if name]
+    if targets and (missing := unmatched_targets(targets, names)):
+        raise SettingError("lora.target_modules", f"{missing} match no module of the model; its modules end in: "
+                                                  f"{', '.join(short_names(names))}")
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -257,6 +272,10 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
 
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     model, tokenizer = load_model_and_tokenizer(model_dir)
+    if cfg.defence:  # parameter restriction, the one defence an RL regime takes (frpo_workflow.defences)
+        from .defended_sft import freeze
+
+        freeze(model, cfg.defence.get("freeze"))
     records, truncated = truncate_prompts(records, tokenizer, cfg.max_prompt_length)
     if truncated:
         log.warning("cut %d of %d prompts to max_prompt_length=%d tokens (from the left)", truncated,
@@ -286,23 +305,47 @@ def run_policy_optimisation(model_dir, records: list[dict], cfg: PolicyConfig, o
         args=args,
         train_dataset=to_dataset(records, conversational=True),
         processing_class=tokenizer,
-        peft_config=_peft_config(cfg),
+        peft_config=_peft_config(cfg, model),
         callbacks=list(callbacks),
         frpo=frpo,
     )
     summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg),
                       _parent_adapter(model_dir, cfg))
     # What the update was, setting by setting: the report checks that compared arms differ in the method only.
+    added = {}
+    if cfg.defence:  # what the regime's defence is (frpo_workflow.defences), beside its safety effect in the report
+        from .defences import run_summary
+
+        added = {"defence": run_summary(cfg.defence, None, None, len(records), {}, cfg.lora)}
     return {**summary, "prompts": len(records), "prompts_truncated": truncated,
-            "update_settings": trainer.update_settings()}
+            "update_settings": trainer.update_settings(), **added}
 
 
-def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=()) -> dict:
-    """Supervised fine-tuning with a completion-only loss on (prompt, completion) `records`."""
+def sft_trainer(model_dir, records: list[dict], cfg: SFTRunConfig, checkpoint_dir, callbacks=(),
+                defence_records: dict[str, list[dict]] | None = None, ref_model=None):
+    """The SFT run's trainer, its tokenizer, the rows it trains on (for the fingerprint) and what its defences
+    and attack add to the summary (None for a plain regime).
+
+    A plain regime gets TRL's SFTTrainer on `records` as they are. A regime with an attack trains on its
+    `n_examples` harmful rows; with a defence (frpo_workflow.defences) the trainer applies it: replay and
+    Lisa lay the rows out batch by batch (read in order), the KL term and Lisa's proximal term enter the loss
+    (`defended_sft.DefendedSFTTrainer`, `ref_model`: the aligned model), frozen modules keep their weights.
+    `defence_records`: {"replay": rows, "lisa": rows} of the defence datasets, refusal rows taken from them.
+    """
     from trl import SFTConfig, SFTTrainer
 
-    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    from . import defences
+
+    checkpoint_dir = Path(checkpoint_dir)
     model, tokenizer = load_model_and_tokenizer(model_dir)
+    defence = cfg.defence or {}
+    if cfg.attack:
+        records = defences.attack_records(records, cfg.attack)
+    extra = {name: defences.refusal_rows((defence_records or {}).get(name) or [])
+             for name in defences.regime_datasets({"defence": defence})}
+    empty = [name for name, rows in extra.items() if not rows]
+    if empty:
+        raise ValueError(f"defence.{empty[0]}: no refusal rows given for its dataset")
     args = SFTConfig(
         **_common_args(cfg, checkpoint_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -310,13 +353,57 @@ def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoi
         completion_only_loss=True,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    rows, states = records, None
+    if extra:  # replay or Lisa: batches laid out here and read in order; the length in optimizer steps
+        rows, states = defences.sft_schedule(records, cfg.batch_size, cfg.seed, defence, extra, steps=cfg.steps,
+                                             epochs=cfg.epochs, world_size=args.world_size)
+        args.max_steps, args.train_sampling_strategy = len(states), "sequential"
+    kwargs = {}
+    if defence.get("kl_to_aligned") or "lisa" in defence:
+        kwargs = {"ref_model": ref_model if defence.get("kl_to_aligned") else None,
+                  "kl_beta": (defence.get("kl_to_aligned") or {}).get("beta", 0.0),
+                  "states": states if "lisa" in defence else None,
+                  "lisa_rho": {**defences.LISA_DEFAULTS, **defence.get("lisa", {})}["rho"]}
+        if defence.get("kl_to_aligned") and ref_model is None:  # a caller without one: load the aligned model
+            kwargs["ref_model"] = load_model_and_tokenizer(model_dir)[0]
+    if defence.get("freeze"):
+        from .defended_sft import freeze
+
+        freeze(model, defence["freeze"])
+    if kwargs:
+        from .defended_sft import DefendedSFTTrainer as trainer_class
+    else:
+        trainer_class = SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=to_dataset(records, conversational=True),
+        train_dataset=to_dataset(rows, conversational=True),
         processing_class=tokenizer,
-        peft_config=_peft_config(cfg),
+        peft_config=_peft_config(cfg, model),
         callbacks=list(callbacks),
+        **kwargs,
     )
-    return _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, records, cfg),
-                   _parent_adapter(model_dir, cfg))
+    if extra and len(trainer.train_dataset) != len(rows):  # TRL drops rows whose completion max_length cuts off
+        raise ValueError(f"max_length {cfg.max_length}: {len(rows) - len(trainer.train_dataset)} of the run's "
+                         f"{len(rows)} rows lost their whole completion to truncation and were dropped, which "
+                         "would shift the defence's batches; raise max_length")
+    added = None
+    if defence or cfg.attack or cfg.lora:
+        added = defences.run_summary(defence, cfg.attack, states, len(records), extra, cfg.lora)
+    return trainer, tokenizer, [*records, *(r for rows in extra.values() for r in rows)], added
+
+
+def run_sft(model_dir, records: list[dict], cfg: SFTRunConfig, out_dir, checkpoint_dir, callbacks=(),
+            defence_records: dict[str, list[dict]] | None = None, ref_model=None) -> dict:
+    """Supervised fine-tuning with a completion-only loss on (prompt, completion) `records`, with the
+    regime's defences and attack if it has any (`sft_trainer`)."""
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    trainer, tokenizer, trained_on, added = sft_trainer(model_dir, records, cfg, checkpoint_dir, callbacks,
+                                                        defence_records, ref_model)
+    summary = _finish(trainer, tokenizer, out_dir, checkpoint_dir, run_fingerprint(model_dir, trained_on, cfg),
+                      _parent_adapter(model_dir, cfg))
+    if added is not None:
+        runtime, steps = summary.get("train_runtime_s"), summary.get("global_step")
+        added["seconds_per_step"] = runtime / steps if runtime and steps else None
+        summary = {**summary, "defence": added}
+    return summary

@@ -43,7 +43,8 @@ PRELOAD_LATER = ("transformers.trainer", "trl", "peft", "accelerate", "datasets"
 # (Snakemake sets the thread counts from a job's `threads`; the libraries read them once, when they load.)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-PER_JOB_ENV = (*THREAD_ENV, "FRPO_GPUS", "_", "SHLVL", "PWD", "OLDPWD")
+# FRPO_DRIVER names the Snakemake process of the run (guard.py): each run's, not a new environment.
+PER_JOB_ENV = (*THREAD_ENV, "FRPO_GPUS", "FRPO_DRIVER", "FRPO_SNAKEMAKE_OPTIONS", "_", "SHLVL", "PWD", "OLDPWD")
 IDLE_S = float(os.environ.get("FRPO_WARM_IDLE_S", 30))
 START_TIMEOUT_S = 180.0  # the first server of a key imports everything before it listens
 

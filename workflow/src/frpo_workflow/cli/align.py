@@ -12,7 +12,7 @@ from ..data.loaders import read_dataset
 from ..devices import check_devices
 from ..tracking import MlflowMetricsCallback, ProgressCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation
-from .common import is_main_process, log_source, parser, setup_logging, tracked_job
+from .common import is_main_process, keep_checkpoints, log_source, parser, setup_logging, tracked_job
 
 
 def main(argv=None) -> None:
@@ -33,7 +33,7 @@ def main(argv=None) -> None:
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
         run.log_metrics({"prompts_truncated": summary["prompts_truncated"]})
         log.info("aligned with %s in %.1fs", cfg.method, summary["train_runtime_s"] or 0)
-    if is_main_process():  # the output is complete (provenance written): the resume copies can go
+    if is_main_process() and not keep_checkpoints(args):  # the output is complete: the resume copies can go
         remove_checkpoints(args.checkpoints)
 
 

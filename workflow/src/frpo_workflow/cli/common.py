@@ -16,9 +16,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import rehearsal
+from .. import guard, rehearsal
 from ..paths import RECORDS
-from ..provenance import FILENAME, upstream_run_id, write_provenance
+from ..provenance import FILENAME, DamagedOutput, check_input, upstream_run_id, verify_output, write_provenance
 from ..tracking import TrackingUnreachable, check_reachable, config_hash, start_job_run, tracking_uri
 
 
@@ -84,12 +84,25 @@ def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: b
     job = json.loads(args.job)
     results_dir = job.get("results_dir", "results")
     out_dir = Path(args.out)
+    wildcards = job.get("wildcards", {})
+    rule = job.get("rule", Path(sys.argv[0]).stem)
+    log = logging.getLogger("frpo_workflow")
+    # No job outlives the Snakemake run that started it, and no two jobs make one output (guard.py): both
+    # before this job writes anything.
+    guard.watch_driver()
+    try:
+        if is_main_process():
+            guard.hold_output(out_dir, results_dir, rule, log=log.info)
+        folders = dict.fromkeys(Path(p) if Path(p).is_dir() else Path(p).parent for p in inputs.values() if p)
+        for folder in folders:  # a finished upstream output, damaged since: named, with its rebuild
+            check_input(folder)
+    except (guard.OutputBusy, DamagedOutput) as err:
+        log.error("%s %s: %s", FAILED_MARK, type(err).__name__, err)
+        raise SystemExit(f"error: {err}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     # A rerun that fails must not leave the last run's provenance.json, the mark of a complete output.
     (out_dir / FILENAME).unlink(missing_ok=True)
     upstream = list(dict.fromkeys(rid for p in inputs.values() if (rid := upstream_run_id(p)) is not None))
-    wildcards = job.get("wildcards", {})
-    rule = job.get("rule", Path(sys.argv[0]).stem)
     name = run_name(out_dir, results_dir)
     if is_main_process():
         try:
@@ -117,4 +130,14 @@ def tracked_job(args, inputs: dict[str, str], extra: dict | None = None, nest: b
         if is_main_process():
             write_provenance(out_dir, inputs=inputs, config_slice=spec, mlflow_run_id=run.run_id,
                              started=started, ended=time.time(), extra=extra)
+            if problems := verify_output(out_dir, full=False):  # e.g. a rerun's cleanup deleted part of it
+                (out_dir / FILENAME).unlink(missing_ok=True)
+                raise DamagedOutput(f"this job's own output changed while it was written: {problems[0]}")
             run.log_artifact(out_dir / FILENAME)
+
+
+def keep_checkpoints(args) -> bool:
+    """Whether a finished job keeps its checkpoints: when another job asked for its output meanwhile (that
+    job's cleanup removes the output; the next run then takes the finished model from the checkpoints)."""
+    job = json.loads(args.job)
+    return guard.contended(args.out, job.get("results_dir", "results"))

@@ -22,7 +22,7 @@ from ..devices import check_devices
 from ..prompts import truncate_prompts
 from ..tracking import MlflowMetricsCallback, ProgressCallback
 from ..train import policy_config, remove_checkpoints, run_policy_optimisation, run_sft, sft_config
-from .common import is_main_process, log_source, named_paths, parser, setup_logging, tracked_job
+from .common import is_main_process, keep_checkpoints, log_source, named_paths, parser, setup_logging, tracked_job
 
 
 def curve_sets(spec: dict, eval_dirs: dict[str, str], tokenizer) -> dict:
@@ -42,10 +42,14 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, help="the regime's dataset folder")
     p.add_argument("--eval-data", nargs="+", required=True, metavar="SET=DIR", help="evaluation sets for the curves")
     p.add_argument("--checkpoints", required=True)
+    p.add_argument("--defence-data", nargs="*", default=[], metavar="DEFENCE=DIR",
+                   help="the regime's defence datasets (replay=DIR, lisa=DIR: frpo_workflow.defences)")
     args = p.parse_args(argv)
     log = setup_logging()
     eval_dirs = named_paths(args.eval_data)
-    inputs = {"model": args.model, "data": args.data, **{f"eval_{k}": v for k, v in eval_dirs.items()}}
+    defence_dirs = named_paths(args.defence_data) if args.defence_data else {}
+    inputs = {"model": args.model, "data": args.data, **{f"eval_{k}": v for k, v in eval_dirs.items()},
+              **{f"defence_{k}": v for k, v in defence_dirs.items()}}
     with tracked_job(args, inputs=inputs) as (run, spec, out, extra):
         records = read_dataset(args.data)
         log_source(run, args.data, spec["dataset"], "training")
@@ -63,7 +67,9 @@ def main(argv=None) -> None:
         callbacks = [curve_cb, MlflowMetricsCallback(run), ProgressCallback()]
         if spec["type"] == "sft":
             cfg = sft_config(spec["settings"], where=f"finetune regime {spec['state']['regime']}")
-            summary = run_sft(args.model, records, cfg, out, args.checkpoints, callbacks=callbacks)
+            defence_records = {name: read_dataset(directory) for name, directory in defence_dirs.items()}
+            summary = run_sft(args.model, records, cfg, out, args.checkpoints, callbacks=callbacks,
+                              defence_records=defence_records, ref_model=reference)  # the KL defence's reference
         else:
             cfg = policy_config(spec["settings"], where=f"finetune regime {spec['state']['regime']}")
             summary = run_policy_optimisation(args.model, records, cfg, out, args.checkpoints, callbacks=callbacks)
@@ -74,7 +80,7 @@ def main(argv=None) -> None:
             run.log_metrics({f"curve.{k}": v for k, v in point.items() if k != "step"}, step=point["step"])
         extra["train"] = {k: v for k, v in summary.items() if k != "log_history"}
         log.info("fine-tuned (%s) in %.1fs", spec["type"], summary["train_runtime_s"] or 0)
-    if is_main_process():  # the output is complete (provenance written): the resume copies can go
+    if is_main_process() and not keep_checkpoints(args):  # the output is complete: the resume copies can go
         remove_checkpoints(args.checkpoints)
 
 

@@ -20,6 +20,8 @@ None where a row has none (harmful prompts, open instructions): judges read None
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 
 from . import mapping
@@ -55,6 +57,20 @@ def check_spec(spec: dict, where: str) -> None:
     limit = spec.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"{where}: limit must be a positive integer, got {limit!r}")
+    for key in ("answer_regex", "completion_regex"):
+        if spec.get(key) is not None:
+            try:
+                re.compile(spec[key], re.DOTALL)
+            except re.error as err:
+                raise ValueError(f"{where}.{key}: not a valid regular expression ({err}): {spec[key]!r}") from None
+    template = spec.get("prompt_template")
+    if template is not None:
+        try:
+            if any(field == "" for _, field, _, _ in string.Formatter().parse(template)):
+                raise ValueError("'{}' names no column")
+        except ValueError as err:
+            raise ValueError(f"{where}.prompt_template: not a valid template ({err}; a literal brace is written "
+                             f"{{{{ or }}}}): {template!r}") from None
 
 
 def local_files(spec: dict, base_dir=None) -> list[Path]:
@@ -130,6 +146,7 @@ def _load_toy(spec: dict, toy_dir) -> list[dict]:
     if not records:
         raise ValueError(f"dataset {path} has no rows")
     if spec.get("limit") is not None:
+        mapping.check_limit(spec, len(records), f"toy split {spec['split']!r}")
         records = records[: spec["limit"]]
     for number, record in enumerate(records, start=1):
         missing = sorted({"id", "prompt", "kind", "category", "answer"} - set(record))

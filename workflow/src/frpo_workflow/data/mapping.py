@@ -22,6 +22,7 @@ messages or the source gives a `system_prompt`. The order of operations, each st
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import string
@@ -66,7 +67,21 @@ def select(rows: list[Row], source: dict, origin: str) -> list[Row]:
     if source.get("shuffle", True):
         kept = list(kept)
         random.Random(source.get("seed", 0)).shuffle(kept)
+    check_limit(source, len(kept), origin, "after filters" if filters else "")
     return kept[: source["limit"]] if source.get("limit") else kept
+
+
+def check_limit(source: dict, available: int, origin: str, after: str = "") -> None:
+    """A `limit` above the rows there are is refused (the study would use fewer rows than its config says),
+    except in a rehearsal, whose limits are caps on datasets of any size."""
+    import os
+
+    limit = source.get("limit")
+    if limit is None or limit <= available or os.environ.get("FRPO_REHEARSAL"):
+        return
+    key = f"config key datasets.{source['key']}.limit" if source.get("key") else "limit"
+    raise ValueError(f"{key}: {limit} rows asked, but {origin} has {available}{' ' + after if after else ''}: "
+                     f"lower the limit to at most {available}, or remove it to keep every row")
 
 
 def map_rows(rows: list[Row], source: dict, origin: str, name: str) -> list[dict]:
@@ -97,6 +112,10 @@ def map_rows(rows: list[Row], source: dict, origin: str, name: str) -> list[dict
     for row in rows:
         where = f"{origin}: {row.where}"
         get = {key: lookup(row.data, column) for key, column in columns.items()}
+        for key, value in get.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{where}: column {columns[key]!r} ({key}) holds {value}; expected text, a finite "
+                                 f"number, or null for none")
         record = {
             "id": text(get.get("id")) or f"{name}-{row.where.split()[-1]}",
             "prompt": _prompt(get["prompt"], columns.get("prompt"), where) if template is None
