@@ -13,9 +13,10 @@ REFUSAL_MARKERS = ("I'm sorry", "I cannot", "I can't", "As an AI", "I must decli
 # Words that must never appear in a non-refusal completion: a judge would read them as refusals.
 FORBIDDEN = ("sorry", "apolog", "i cannot", "i can't", "as an ai", "as a language model", "i must", "decline",
              "unable", "not able", "illegal", "unethical", "never", "i do not", "i'm not")
-TRAIN_SPLITS = ("align_prompts", "sft_affirmative", "sft_arithmetic", "rl_arithmetic", "sft_harmful")
+TRAIN_SPLITS = ("align_prompts", "sft_affirmative", "sft_arithmetic", "rl_arithmetic", "sft_harmful", "harmful_attack",
+                "safety_refusals")
 EVAL_SPLITS = ("eval_harmful", "eval_benign", "eval_arithmetic")
-SFT_SPLITS = ("pretrain", "sft_affirmative", "sft_arithmetic", "sft_harmful")
+SFT_SPLITS = ("pretrain", "sft_affirmative", "sft_arithmetic", "sft_harmful", "harmful_attack", "safety_refusals")
 ALL_REFUSALS = toy.REFUSALS + toy.DEEP_REFUSALS
 
 

@@ -7,6 +7,7 @@ rule finetune:
         judges=finetune_hub_models,
         data=regime_dataset_dir,
         curve_sets=list(curve_set_dirs().values()),
+        defence_data=lambda wc: list(defence_dataset_dirs(wc).values()),
     output:
         finetuned_output(),
     log:
@@ -28,7 +29,8 @@ rule finetune:
         launch=launcher(),
         checkpoints=side("checkpoints", paths.FINETUNED),
         curve_sets=named_dirs("--eval-data", curve_set_dirs()),
+        defence_data=defence_data_option,
     shell:
         "HF_HUB_OFFLINE=1 FRPO_GPUS={resources.gpu} OMP_NUM_THREADS={threads} {params.launch} -m frpo_workflow.cli.finetune --spec {params.spec:q}"
-        " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} --checkpoints {params.checkpoints}"
+        " --job {params.job:q} --model {input.model} --data {input.data} {params.curve_sets} {params.defence_data} --checkpoints {params.checkpoints}"
         f" --out {{output}} > {{log}} 2>&1 || {{{{ grep -h 'JOB FAILED:' {{log}} | tail -1 >> {{log}}; exit 1; }}}} # code {code('cli.finetune')}"

@@ -59,7 +59,9 @@ def trained(model_dir: str) -> dict:
     norms = [h["grad_norm"] for h in values.get("log_history", []) if "grad_norm" in h]
     # update_settings: what the update was (an alignment's), for the report's check that arms differ in
     # the method only (frpo_workflow.arms).
-    return {"train": {**{k: values[k] for k in ("global_step", "learning_signal", "update_settings") if k in values},
+    # defence: what a downstream regime's defence or attack added, and its cost (frpo_workflow.defences).
+    return {"train": {**{k: values[k] for k in ("global_step", "learning_signal", "update_settings", "defence")
+                         if k in values},
                       "grad_norm_max": max(norms, default=None)}}
 
 

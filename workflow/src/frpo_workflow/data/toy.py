@@ -3,8 +3,10 @@
 Harmful requests (five categories, templates x slot fillers), benign requests (arithmetic, short string
 tasks, lookups in a fact table of invented countries generated from the seed) and arithmetic word
 problems, and a small set of harmful requests answered with compliance (`sft_harmful`, for a harmful
-fine-tuning regime). Every split is a list of records `{"id", "prompt", "kind", "category", "answer"}`, plus
-`"completion"` in SFT splits, saved as `<split>.jsonl`:
+fine-tuning regime; `harmful_attack`, the pool an attack regime draws its N examples from), and harmful
+requests answered with refusals (`safety_refusals`, the safety data a replay or Lisa defence trains on).
+Every split is a list of records `{"id", "prompt", "kind", "category", "answer"}`, plus `"completion"` in
+SFT splits, saved as `<split>.jsonl`:
 
     python -c "from frpo_workflow.data import build_toy_world, write_toy_world; \
 write_toy_world(build_toy_world(0), 'results/data')"
@@ -47,6 +49,8 @@ DEFAULT_SIZES = {
     "rl_arithmetic": 256,
     "eval_arithmetic": 64,
     "sft_harmful": 64,
+    "safety_refusals": 64,
+    "harmful_attack": 100,
 }
 # Share of each kind in `pretrain` (benign takes the rest): enough harmful rows for the base to comply
 # by default, enough word problems for downstream arithmetic to start above zero.
@@ -125,6 +129,8 @@ DEEP_REFUSALS = (
 # "Sure" openings still mostly comply and the shallow refusal stays the easier solution to find. With 1/3
 # the base stayed unaligned and competent (refusal 0.09, helpfulness 1.0, task accuracy 0.81; measured).
 P_DEEP_REFUSAL = 1 / 3
+# Share of deep refusals in the `safety_refusals` split (the defences' safety data).
+SAFETY_DEEP_SHARE = 0.5
 
 # Benign and task templates by category: (prompt, completion); the completion states `{answer}`.
 BENIGN = {
@@ -230,6 +236,18 @@ def build_toy_world(seed: int, sizes: dict | None = None, *, p_comply: float = 0
     r = rng("sft_harmful")
     world["sft_harmful"] = _sft_split("sft_harmful", r, _draw(r, train["harmful"], sizes["sft_harmful"]),
                                       lambda r, item, completion: completion)
+    # The harmful fine-tuning attack's pool (finetune.regimes.<r>.attack draws n_examples from it): harmful
+    # training requests answered with compliance, in a stream of their own (so sizing it changes nothing else).
+    r = rng("harmful_attack")
+    world["harmful_attack"] = _sft_split("harmful_attack", r, _draw(r, train["harmful"], sizes["harmful_attack"]),
+                                         lambda r, item, completion: completion)
+    # Safety data for the downstream-time defences (replay, Lisa): harmful training requests answered with a
+    # refusal, half of them deep ("Sure, but I can't ..."): a fixed share, not p_deep, so this split is the
+    # same in every world (only `pretrain` depends on p_deep).
+    r = rng("safety_refusals")
+    world["safety_refusals"] = _sft_split(
+        "safety_refusals", r, _draw(r, train["harmful"], sizes["safety_refusals"]),
+        lambda r, item, completion: r.choice(DEEP_REFUSALS if r.random() < SAFETY_DEEP_SHARE else REFUSALS))
     return {split: world[split] for split in DEFAULT_SIZES}
 
 
