@@ -145,7 +145,8 @@ def test_a_run_after_a_killed_driver_clears_its_lock_and_incomplete_outputs(tmp_
     partial.mkdir(parents=True)
     (partial / "model.safetensors").write_bytes(b"half")
     markers = [marker(meta, "results/aligned/tiny/grpo/seed0"), marker(meta, "results/gone.json")]
-    said = []
+    assert guard.stale_state(tmp_path) == (2, 2)  # what a dry run mentions, changing nothing
+    assert partial.exists() and all(m.exists() for m in markers)
     script = textwrap.dedent(f"""
         from frpo_workflow import guard
         print(guard.recover_driver_state({str(tmp_path)!r}, log=lambda line: print("LOG", line)))
@@ -168,6 +169,7 @@ def test_a_live_run_keeps_its_lock_and_incomplete_outputs(tmp_path):
         fcntl.flock(live, fcntl.LOCK_SH)
         script = f"from frpo_workflow import guard; print(guard.recover_driver_state({str(tmp_path)!r}))"
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        assert guard.stale_state(tmp_path) == (0, 0)
     assert out.strip() == "[]"
     assert (meta / "locks" / "0.output.lock").exists() and (tmp_path / "results" / "x").exists()
 
@@ -176,3 +178,19 @@ def test_a_driver_identity_names_this_host_process_and_start(tmp_path):
     host, pid, started = guard.driver_identity().split()
     assert (host, int(pid)) == (socket.gethostname(), os.getpid()) and started == guard.start_time(os.getpid())
     assert guard.alive(os.getpid(), started) and not guard.alive(os.getpid(), "1")
+
+
+def test_a_driver_whose_threads_come_and_go_is_alive():
+    """Snakemake's driver starts and ends threads all the time; a thread gone between listing /proc/<pid>/task
+    and reading it must not read as a dead driver (it once stopped evaluation jobs of a live run)."""
+    churn = "import threading, time\nwhile True:\n    ts = [threading.Thread(target=time.sleep, args=(0.001,)) " \
+            "for _ in range(20)]\n    [t.start() for t in ts]\n    [t.join() for t in ts]\n"
+    proc = subprocess.Popen([sys.executable, "-c", churn])
+    try:
+        time.sleep(0.5)
+        started = guard.start_time(proc.pid)
+        assert all(guard.alive(proc.pid, started) for _ in range(5000))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not guard.alive(proc.pid, started)

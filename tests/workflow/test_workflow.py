@@ -125,6 +125,8 @@ def test_an_overlay_after_a_preset_replaces_a_model_that_names_its_source_whole(
     """`--configfile preset overlay`: Snakemake merges key by key; the overlay rule still holds."""
     workdir = preset_workdir(tmp_path)
     (workdir / "models" / "qwen").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):  # a model folder, as preflight reads it
+        (workdir / "models" / "qwen" / name).write_text("{}")
     overlay = workdir / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"models": {"qwen2.5-7b-instruct": {"source": "local", "path": "models/qwen"}}}))
     preset = ROOT / "workflow" / "presets" / "safety-qwen2.5-7b.yaml"

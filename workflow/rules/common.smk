@@ -19,6 +19,10 @@ if workflow.is_main_process:
     os.environ[guard.DRIVER_ENV] = guard.driver_identity()
     if not getattr(workflow.output_settings, "dryrun", False):
         guard.recover_driver_state(".", log=lambda line: print(line, file=sys.stderr))
+    elif any(stale := guard.stale_state(".")):
+        print(f"note: the Snakemake run before this one in this folder was stopped without cleaning up ({stale[1]} "
+              f"incomplete output(s)); this dry run may call them incomplete, the real run (the same command "
+              f"without -n) clears them and resumes", file=sys.stderr)
 
 RESULTS = config["results_dir"]
 DATASETS = plan.used_datasets(config)

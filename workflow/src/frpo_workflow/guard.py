@@ -64,20 +64,27 @@ def start_time(pid: int) -> str | None:
 def alive(pid: int, started: str | None) -> bool:
     """Whether the process `pid` that started at `started` still runs: a zombie counts as gone once every
     thread of it has exited (a killed process's main thread turns zombie before the others are done)."""
-    try:
-        states = [Path(task, "stat").read_text().rpartition(")")[2].split()[0]
-                  for task in Path(f"/proc/{pid}/task").iterdir()]
-    except OSError:
-        states = None
-    if not states:
+    if not Path("/proc/self/task").is_dir():  # no /proc: the PID alone
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return started is None
-    return any(state != "Z" for state in states) and (started is None or start_time(pid) == started)
+        return True
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False  # no such process
+    states = []
+    for task in tasks:
+        try:
+            states.append(Path(task, "stat").read_text().rpartition(")")[2].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that exited since the listing: the others still tell
+    if not any(state != "Z" for state in states):
+        return False
+    return started is None or start_time(pid) == started
 
 
 def driver_identity(pid: int | None = None) -> str:
@@ -112,7 +119,7 @@ def watch_driver(on_gone=None) -> bool:
     if host != socket.gethostname() or pid == os.getpid():
         return False
     stop = on_gone or _die
-    if not alive(pid, started):
+    if _gone(pid, started):
         stop(pid, host)
         return True
     fd = None
@@ -121,7 +128,7 @@ def watch_driver(on_gone=None) -> bool:
             fd = os.pidfd_open(pid)
         except OSError:
             fd = None
-        if fd is not None and not alive(pid, started):  # the PID was reused before the pidfd was opened
+        if fd is not None and _gone(pid, started):  # the PID was reused before the pidfd was opened
             os.close(fd)
             stop(pid, host)
             return True
@@ -137,9 +144,17 @@ def _watch(pid: int, started: str | None, host: str, fd: int | None, stop) -> No
     if fd is not None:
         select.select([fd], [], [])  # readable once the process has exited
     else:
-        while alive(pid, started):
+        while not _gone(pid, started):
             time.sleep(POLL_S)
     stop(pid, host)
+
+
+def _gone(pid: int, started: str | None) -> bool:
+    """Gone, and still gone a moment later: a kill is not undone, so a reading is worth a second look."""
+    if alive(pid, started):
+        return False
+    time.sleep(0.05)
+    return not alive(pid, started)
 
 
 def _die(pid: int, host: str) -> None:
@@ -264,6 +279,24 @@ def release_all() -> None:
 # ---- a rerun after a killed driver is the same command ----------------------------------------------
 
 _driver_lock = None
+
+
+def stale_state(workdir: str | os.PathLike = ".") -> tuple[int, int]:
+    """(lock files, incomplete markers) a dead run left in `workdir`, for a dry run to mention; (0, 0) while
+    a driver lives there. Changes nothing."""
+    meta = Path(workdir, ".snakemake")
+    if not meta.is_dir():
+        return 0, 0
+    try:
+        with open(meta / DRIVERS_LOCK, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0, 0
+    if _other_snakemake(Path(workdir)):
+        return 0, 0
+    markers = [p for p in (meta / "incomplete").rglob("*") if p.is_file() and p.name != "migration_underway"] \
+        if (meta / "incomplete").is_dir() else []
+    return len(list((meta / "locks").glob("*.lock"))) if (meta / "locks").is_dir() else 0, len(markers)
 
 
 def recover_driver_state(workdir: str | os.PathLike = ".", log=print) -> list[str]:
