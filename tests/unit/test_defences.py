@@ -3,8 +3,12 @@ DAG-build checks naming the key, the datasets a defended regime reads and what t
 schedule of replay and Lisa, labels. The trainer side is in test_defended_training.py."""
 
 import copy
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -16,6 +20,7 @@ from frpo_workflow.data.toy import build_toy_world
 from frpo_workflow.settings import sft_config
 
 ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(Path(__file__).parent))  # test_paired's synthetic curves
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 SAFETY = {"safety_refusals": {"type": "toy", "split": "safety_refusals"},
           "harmful_attack": {"type": "toy", "split": "harmful_attack"}}
@@ -68,7 +73,8 @@ def test_every_defence_and_the_attack_build_at_dag_build():
      r"finetune\.regimes\.bad\.defence\.replay: applies to sft regimes, not to this rl regime"),
     ({**RL, "defence": {"kl_to_aligned": {"beta": 0.1}}},
      r"finetune\.regimes\.bad\.defence\.kl_to_aligned: applies to sft regimes.*its `beta`"),
-    ({**RL, "defence": {"lisa": {"dataset": "safety_refusals"}}}, r"finetune\.regimes\.bad\.defence\.lisa: applies to sft"),
+    ({**RL, "defence": {"lisa": {"dataset": "safety_refusals"}}},
+     r"finetune\.regimes\.bad\.defence\.lisa: applies to sft"),
     ({**RL, "attack": {"n_examples": 10}}, r"finetune\.regimes\.bad\.attack: applies to sft regimes"),
     # a replay dataset without refusals (a toy split is known at DAG build; other data: its dataset job)
     ({**REPLAY, "defence": {"replay": {"dataset": "sft_affirmative", "share": 0.25}}},
@@ -96,7 +102,8 @@ def test_bad_defences_are_refused_at_dag_build_naming_the_key(regime, message):
 
 
 @pytest.mark.parametrize("regime, key", [
-    ({"type": "sft", "dataset": "harmful_attack", "attack": {"n_examples": 0}}, "finetune.regimes.bad.attack.n_examples"),
+    ({"type": "sft", "dataset": "harmful_attack", "attack": {"n_examples": 0}},
+     "finetune.regimes.bad.attack.n_examples"),
     ({**REPLAY, "defence": {"replay": {"dataset": "safety_refusals"}}}, "finetune.regimes.bad.defence.replay"),
     ({**REPLAY, "defence": {"replay": {"dataset": "safety_refusals", "share": 0.2}, "ewc": {}}},
      "finetune.regimes.bad.defence"),
@@ -200,3 +207,53 @@ def test_labels_mark_defended_and_attacked_states_only():
     assert defences.state_labels(cfg, "plain") == {} and defences.state_labels(cfg, None) == {}
     assert defences.state_labels(cfg, "replay") == {"defence": "replay 0.25 (safety_refusals)"}
     assert defences.state_labels(cfg, "attack") == {"defence": "lora r=4 + attack n=10"}
+
+
+# ---- the report: an arm with a defence against one without (report.comparisons[].baseline_regime) -------------
+def test_a_comparison_reads_its_baseline_in_another_regime():
+    """GRPO with a defence (its own regime) against FRPO without: the baseline's runs come from the defended
+    regime, pairs are still by alignment seed, and the row names both (synthetic curves of test_paired)."""
+    from test_paired import REPORT, curves, slope, states
+
+    from frpo_workflow.paired import PairedSpec, endpoint_table, paired_at_kl, write_at_task
+
+    points = curves()
+    defended = points[(points["regime"] == "sft-affirmative") & (points["method"] == "grpo")].copy()
+    defended["regime"] = "sft-affirmative-replay"
+    defended["harmful_refusal_rate_sampled"] = 1 - 0.5 * (1 - defended["harmful_refusal_rate_sampled"])  # half the loss
+    points = pd.concat([points, defended], ignore_index=True)
+    spec = PairedSpec.from_json({
+        "endpoint": {"metric": "harmful_refusal_rate_sampled", "kl_max": 5, "regime": "sft-affirmative"},
+        "comparisons": [{"arm": "frpo-l0.2", "baseline": "grpo", "role": "primary",
+                         "baseline_regime": "sft-affirmative-replay"},
+                        {"arm": "grpo", "baseline": "grpo", "role": "secondary",
+                         "baseline_regime": "sft-affirmative-replay"}]})
+    table = endpoint_table(points, spec)
+    assert list(table["baseline"]) == ["grpo in sft-affirmative-replay"] * 2  # read where it says only
+    first = table.iloc[0]
+    # Seeds 0-2 at 5 nats: FRPO loses slope*5/2 on average, the defended GRPO half of GRPO's slope*5/2.
+    expected = np.mean([-(slope("frpo-l0.2", s) - slope("grpo", s) / 2) * 2.5 for s in (0, 1, 2)] +
+                       [-(slope("frpo-l0.2", 3) - slope("grpo", 3) / 2) * 2.0])
+    assert first["n_pairs"] == 4 and first["diff"] == pytest.approx(expected, abs=1e-6)
+    assert table.iloc[1]["diff"] < 0  # the defence keeps more refusal than GRPO without it
+    at_kl = paired_at_kl(points, spec, [2])
+    assert set(at_kl["baseline"]) == {"grpo in sft-affirmative-replay"}
+    st = states()
+    extra = st[(st["regime"] == "sft-affirmative") & (st["method"] == "grpo")].assign(regime="sft-affirmative-replay")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_at_task(pd.concat([st, extra], ignore_index=True), points, spec, REPORT, tmp)
+        assert "grpo in sft-affirmative-replay" in (Path(tmp) / "at_task.md").read_text()
+
+
+def test_a_cross_regime_comparison_is_checked_at_dag_build():
+    cfg = study(**{"sft-affirmative": {"type": "sft", "dataset": "sft_affirmative"}, "replay": REPLAY})
+    cfg["report"] = {"endpoint": {"metric": "harmful_refusal_rate_sampled", "kl_max": 5, "regime": "sft-affirmative"},
+                     "comparisons": [{"arm": "frpo-l0.2", "baseline": "grpo", "role": "primary",
+                                      "baseline_regime": "replay"}]}
+    checked(copy.deepcopy(cfg))
+    cfg["report"]["comparisons"][0]["baseline_regime"] = "nowhere"
+    with pytest.raises(ValueError, match=r"report\.comparisons\[1\]: regime 'nowhere' is not under finetune\.regimes"):
+        checked(copy.deepcopy(cfg))
+    cfg["report"]["comparisons"][0].update(arm="grpo", baseline_regime="sft-affirmative")
+    with pytest.raises(ValueError, match=r"compares grpo in 'sft-affirmative' with itself"):
+        checked(copy.deepcopy(cfg))

@@ -151,7 +151,8 @@ def test_lisa_alternates_states_on_alignment_data_and_its_proximal_term_holds_th
         summary = run_sft(base, world["sft_affirmative"], cfg, tmp_path / f"rho{rho}", tmp_path / f"c{rho}",
                           defence_records={"lisa": world["safety_refusals"]})
         assert summary["global_step"] == 6
-        states = [h["defence/lisa_alignment_state"] for h in summary["log_history"] if "defence/lisa_alignment_state" in h]
+        key = "defence/lisa_alignment_state"
+        states = [h[key] for h in summary["log_history"] if key in h]
         assert states == [0, 0, 1, 0, 0, 1]
         before, after = _params(base), _params(tmp_path / f"rho{rho}")
         drift[rho] = sum(float(((after[k] - before[k]) ** 2).sum()) for k in before)

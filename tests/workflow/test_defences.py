@@ -35,7 +35,8 @@ def overlay(tmp_path, change) -> Path:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c["finetune"]["regimes"]["rl-freeze"]["defence"].update(replay={"dataset": "safety_refusals", "share": 0.25}),
+    (lambda c: c["finetune"]["regimes"]["rl-freeze"]["defence"].update(
+        replay={"dataset": "safety_refusals", "share": 0.25}),
      "config key finetune.regimes.rl-freeze.defence.replay: applies to sft regimes, not to this rl regime"),
     (lambda c: c["finetune"]["regimes"]["sft-replay"]["defence"]["replay"].update(dataset="sft_affirmative"),
      "config key finetune.regimes.sft-replay.defence.replay.dataset: dataset 'sft_affirmative' (toy split(s) "
@@ -64,7 +65,8 @@ def test_a_replay_file_without_refusals_fails_in_its_dataset_job(tmp_path):
     assert proc.returncode != 0
     log = (tmp_path / "results" / "logs" / "data" / "datasets" / "safety_refusals.log").read_text()
     # The first regime reading it, in the overlay's order (yaml.safe_dump sorts keys).
-    assert "finetune.regimes.attack-10-replay.defence.replay.dataset: dataset 'safety_refusals' holds no refusals" in log
+    assert ("finetune.regimes.attack-10-replay.defence.replay.dataset: dataset 'safety_refusals' holds no refusals"
+            in log)
     assert not (tmp_path / "results" / "base_model").exists()
 
 
@@ -105,3 +107,5 @@ def test_every_defence_and_the_attack_run_as_regimes_of_their_own(study):
     # The report: each (method x defence) pair is a regime column of its own.
     summary = (study / "report" / "summary.md").read_text()
     assert all(f"| tiny | grpo | {r} |" in summary for r in REGIMES)
+    # A defended regime against the plain one, paired by alignment seed (report.comparisons[].baseline_regime).
+    assert "| sft-replay | grpo − grpo in sft |" in (study / "report" / "paired.md").read_text()

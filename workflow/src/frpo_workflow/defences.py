@@ -248,9 +248,9 @@ def check_config(config: dict) -> None:
             splits = _toy_splits(config, spec["dataset"])
             if splits is not None:
                 if not set(splits) & set(TOY_ATTACK_SPLITS):
-                    raise ValueError(f"{where}.dataset: {spec['dataset']!r} (toy split(s) {', '.join(map(str, splits))})"
-                                     f" is an attack's pool but holds no harmful compliance; the toy world's is the "
-                                     f"split harmful_attack")
+                    raise ValueError(f"{where}.dataset: {spec['dataset']!r} (toy split(s) "
+                                     f"{', '.join(map(str, splits))}) is an attack's pool but holds no harmful "
+                                     "compliance; the toy world's is the split harmful_attack")
                 held = sum(sizes.get(s, 0) for s in splits if s in TOY_ATTACK_SPLITS)
                 if len(splits) == 1 and held < attack["n_examples"]:
                     raise ValueError(f"{where}.attack.n_examples: {attack['n_examples']}, but toy split {splits[0]} "

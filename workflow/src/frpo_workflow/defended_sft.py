@@ -45,7 +45,8 @@ def freeze(model, patterns: list[str] | None) -> list[str]:
     if unmatched:
         groups = sorted({".".join(n.split(".")[:-1]) for n in names})
         shown = ", ".join(groups[:12]) + (f", ... ({len(groups)} in all)" if len(groups) > 12 else "")
-        raise ValueError(f"defence.freeze: pattern(s) {unmatched} match no parameter of the model; its modules: {shown}")
+        raise ValueError(f"defence.freeze: pattern(s) {unmatched} match no parameter of the model; its modules: "
+                         f"{shown}")
     frozen = []
     for name, param in model.named_parameters():
         if any(matches(name, p) for p in patterns):
@@ -77,8 +78,8 @@ class DefendedSFTTrainer(SFTTrainer):
     steps then `alignment_steps` alignment steps, repeated, and the regime's length counts user steps (the
     alignment steps come on top); the alignment data is the refusal rows of a named dataset; the proximal
     term covers every trainable parameter and enters as its gradient (`training_step`; the paper's
-    experiments train LoRA adapters; a full fine-tune keeps one more copy of the weights); a run resumed from a checkpoint anchors at the weights it
-    resumed with, not at the switch before the kill.
+    experiments train LoRA adapters; a full fine-tune keeps one more copy of the weights); a run resumed from
+    a checkpoint anchors at the weights it resumed with, not at the switch before the kill.
 
     `states[s]` is the state of optimizer step s ("user" or "alignment"), from `defences.sft_schedule`.
     """

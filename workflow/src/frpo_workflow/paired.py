@@ -51,10 +51,21 @@ class Comparison:
     regime: str
     kl_max: float
     note: str = ""
+    # The baseline read in another regime (issue 25: an arm with a defence, which is a regime of its own, against
+    # one without); pairs are still by alignment seed. None: the comparison's regime for both.
+    baseline_regime: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.arm} − {self.baseline}"
+        return f"{self.arm} − {self.baseline_name}"
+
+    @property
+    def base_regime(self) -> str:
+        return self.baseline_regime or self.regime
+
+    @property
+    def baseline_name(self) -> str:
+        return f"{self.baseline} in {self.baseline_regime}" if self.baseline_regime else self.baseline
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class PairedSpec:
                 raise ValueError(f"report.comparisons[{i}]: a primary comparison reads the endpoint as registered "
                                  "(report.endpoint); give another metric, regime or kl_max to a secondary one")
             comparisons.append(Comparison(c["arm"], c["baseline"], c["role"], filled["metric"], filled["regime"],
-                                          float(filled["kl_max"]), c.get("note", "")))
+                                          float(filled["kl_max"]), c.get("note", ""), c.get("baseline_regime")))
         return cls(tuple(comparisons), float(spec.get("alpha", 0.05)), endpoint.get("metric"), endpoint.get("regime"),
                    float(endpoint["kl_max"]) if endpoint.get("kl_max") is not None else None)
 
@@ -107,7 +118,7 @@ def seed_endpoints(points: pd.DataFrame, model: str, c: Comparison) -> tuple[dic
     seeds both arms have in the comparison's regime: each run's mean metric over KL 0..K (`stats.auc`), K the
     least of kl_max and every run's reach at that seed; a seed's runs averaged. NaN where K is not > 0 or a
     run's metric is NaN on the way."""
-    arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.regime, c.baseline)
+    arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.base_regime, c.baseline)
     a, b, reach = {}, {}, {}
     for seed in sorted(set(arm) & set(base)):
         runs = arm[seed] + base[seed]
@@ -128,6 +139,8 @@ def _rows_to_read(points: pd.DataFrame, spec: PairedSpec) -> list[tuple[Comparis
     regimes = list(dict.fromkeys(points["regime"]))
     rows = [(c, c.role) for c in spec.comparisons]
     for c in spec.comparisons:
+        if c.baseline_regime:  # a comparison across regimes is read where it says only
+            continue
         for regime in regimes:
             if regime == c.regime:
                 continue
@@ -156,7 +169,7 @@ def endpoint_table(points: pd.DataFrame, spec: PairedSpec) -> pd.DataFrame:
             welch = diff_ci([a[s] for s in paired], [b[s] for s in paired])
             short = [s for s in paired if reach[s] < c.kl_max]
             out.append({"role": role, "model": model, "regime": c.regime, "metric": c.metric, "kl_max": c.kl_max,
-                        "arm": c.arm, "baseline": c.baseline, "n_pairs": test.n, "seeds_short": len(short),
+                        "arm": c.arm, "baseline": c.baseline_name, "n_pairs": test.n, "seeds_short": len(short),
                         "min_common_kl": min((reach[s] for s in paired), default=math.nan),
                         "arm_mean": float(np.mean([a[s] for s in paired])) if paired else math.nan,
                         "baseline_mean": float(np.mean([b[s] for s in paired])) if paired else math.nan,
@@ -215,7 +228,7 @@ def paired_at_kl(points: pd.DataFrame, spec: PairedSpec, levels) -> pd.DataFrame
     out = []
     for model in sorted(points["model"].unique()):
         for c, role in _rows_to_read(points, spec):
-            arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.regime, c.baseline)
+            arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.base_regime, c.baseline)
             seeds = sorted(set(arm) & set(base))
             for level in levels:
                 a, b, reaching = {}, {}, 0
@@ -229,7 +242,7 @@ def paired_at_kl(points: pd.DataFrame, spec: PairedSpec, levels) -> pd.DataFrame
                 test = paired_test(a, b) if every else paired_test({}, {})
                 welch = diff_ci(list(a.values()), list(b.values())) if every else Estimate(math.nan, math.nan, 0)
                 out.append({"role": role, "model": model, "regime": c.regime, "metric": c.metric, "kl": float(level),
-                            "arm": c.arm, "baseline": c.baseline, "seeds": len(seeds), "seeds_reaching": reaching,
+                            "arm": c.arm, "baseline": c.baseline_name, "seeds": len(seeds), "seeds_reaching": reaching,
                             "diff": test.mean, "ci95": test.half_width, "p": test.p, "n_pairs": test.n,
                             "welch_diff": welch.mean, "welch_ci95": welch.half_width})
     return pd.DataFrame(out, columns=["role", "model", "regime", "metric", "kl", "arm", "baseline", "seeds",
@@ -351,6 +364,8 @@ def write_mechanism(states: pd.DataFrame, points: pd.DataFrame, spec: PairedSpec
             lines.append(f"| {where} | {arm} | " + " | ".join(str(v) if isinstance(v, str) else "—" for v in values) + " |")
         diffs = []
         for c in spec.comparisons:
+            if c.arm == c.baseline:  # one arm in two regimes (with and without a defence): aligned alike
+                continue
             a = aligned[aligned["method"] == c.arm].set_index("align_seed")
             b = aligned[aligned["method"] == c.baseline].set_index("align_seed")
             for metric in metrics:
@@ -376,24 +391,25 @@ def write_at_task(states: pd.DataFrame, points: pd.DataFrame, spec: PairedSpec, 
     rows = []
     seen = set()
     for c, role in _rows_to_read(points, spec) if len(points) else []:
-        key = (c.arm, c.baseline, c.regime)
+        key = (c.arm, c.baseline, c.regime, c.base_regime)
         if key in seen:
             continue
         seen.add(key)
         for model in sorted(ft["model"].unique()):
-            block = ft[(ft["model"] == model) & (ft["regime"] == c.regime)]
+            here = ft[ft["model"] == model]
             start = states[(states["stage"] == "aligned") & (states["model"] == model)]
             for metric in metrics:
                 sides = []
-                for method in (c.arm, c.baseline):
-                    seeds = block[block["method"] == method].groupby("align_seed")[metric].mean()
+                for method, regime in ((c.arm, c.regime), (c.baseline, c.base_regime)):
+                    block = here[(here["regime"] == regime) & (here["method"] == method)]
+                    seeds = block.groupby("align_seed")[metric].mean()
                     sides.append({int(s): float(v) for s, v in seeds.items()})
                 test = paired_test(*sides)
                 gain = math.nan
                 if metric == task:
                     before = start[start["method"].isin([c.arm, c.baseline])][metric].mean()
                     gain = float(np.mean([*sides[0].values(), *sides[1].values()]) - before) if sides[0] else math.nan
-                rows.append({"role": role, "model": model, "regime": c.regime, "arm": c.arm, "baseline": c.baseline,
+                rows.append({"role": role, "model": model, "regime": c.regime, "arm": c.arm, "baseline": c.baseline_name,
                              "metric": metric, "arm_mean": float(np.mean(list(sides[0].values()))) if sides[0] else math.nan,
                              "baseline_mean": float(np.mean(list(sides[1].values()))) if sides[1] else math.nan,
                              "diff": test.mean, "ci95": test.half_width, "p": test.p, "n_pairs": test.n,
@@ -482,7 +498,7 @@ def plot_paired_vs_kl(points: pd.DataFrame, spec: PairedSpec, out_png: str | os.
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (model, c, role) in zip(axes.flat, panels):
-        arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.regime, c.baseline)
+        arm, base = _runs(points, model, c.regime, c.arm), _runs(points, model, c.base_regime, c.baseline)
         seeds = sorted(set(arm) & set(base))
         top = min((_reach(r) for s in seeds for r in arm[s] + base[s]), default=math.nan)
         if seeds and top > 0:
@@ -505,7 +521,8 @@ def plot_paired_vs_kl(points: pd.DataFrame, spec: PairedSpec, out_png: str | os.
                     transform=ax.transAxes)
         ax.axhline(0.0, color="black", linewidth=1)
         ax.set_title(f"{'PRIMARY: ' if role == 'primary' else ''}{_label(c.arm, points)} − {_label(c.baseline, points)}\n"
-                     f"{c.regime} · n={len(seeds)} seeds", fontsize=9)
+                     f"{c.regime}{f' vs {c.baseline_regime}' if c.baseline_regime else ''} · n={len(seeds)} seeds",
+                     fontsize=9)
         ax.set_xlabel("KL to the aligned model (nats per sequence)", fontsize=8)
         ax.set_ylabel(f"Δ {c.metric}\n(> 0: arm keeps more)", fontsize=8)
         ax.grid(alpha=0.3)

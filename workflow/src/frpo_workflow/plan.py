@@ -611,9 +611,13 @@ def check_arms(config: dict) -> None:
                              "(the comparison is paired by seed)")
         regime = comparison.get("regime") or (report.get("endpoint") or {}).get("regime")
         if regime is not None:
-            if regime not in config.get("finetune", {}).get("regimes", {}):
-                raise ValueError(f"{where}: regime {regime!r} is not under finetune.regimes")
-            runs_on = regime_arms(config, regime)
-            off = [a for a in (comparison["arm"], comparison["baseline"]) if a not in runs_on]
-            if off:
-                raise ValueError(f"{where}: regime {regime!r} does not run on {off} (finetune.regimes.{regime}.arms)")
+            # Each side in its regime: the baseline may be read in another (a defended regime against a plain one).
+            sides = [("arm", regime), ("baseline", comparison.get("baseline_regime") or regime)]
+            for side, name in sides:
+                if name not in config.get("finetune", {}).get("regimes", {}):
+                    raise ValueError(f"{where}: regime {name!r} is not under finetune.regimes")
+                if comparison[side] not in regime_arms(config, name):
+                    raise ValueError(f"{where}: regime {name!r} does not run on {[comparison[side]]} "
+                                     f"(finetune.regimes.{name}.arms)")
+            if comparison["arm"] == comparison["baseline"] and sides[0][1] == sides[1][1]:
+                raise ValueError(f"{where}: compares {comparison['arm']} in {regime!r} with itself")
