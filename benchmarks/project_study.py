@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--slice", type=Path, required=True, help="results folder of the measured slice")
     p.add_argument("--preset", type=Path, required=True)
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--report-seconds", type=float, default=60.0,
+                   help="the report job's time (the slice has none: time the report CLI on the study's size)")
     args = p.parse_args()
     times = job_times(args.slice)
     cfg = load_config(args.preset)
@@ -100,7 +102,7 @@ def main() -> None:
             a, f = f"{model}/{method}/{seed}", f"{model}/{method}/{seed}/{regime}/{ds}"
             jobs[f"ft {f}"] = (finetune_time(regime), 1, [f"align {a}"])
             jobs[f"eval {f}"] = (median["evaluate_finetuned"], 1, [f"ft {f}"])
-    jobs["report"] = (median.get("report", 30.0), 1, [j for j in jobs if j.startswith("eval")])
+    jobs["report"] = (args.report_seconds, 1, [j for j in jobs if j.startswith("eval")])
 
     # List scheduling: ready jobs by priority (alignments, then fine-tunes, then evaluations: the training chain
     # first, as Snakemake's default favours jobs with more downstream work), on `cores`.

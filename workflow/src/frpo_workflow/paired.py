@@ -215,7 +215,8 @@ def _endpoint_markdown(table: pd.DataFrame, spec: PairedSpec) -> list[str]:
         role = f"**{r.role}**" if r.role == "primary" else r.role
         holm_p = fmt_p(r.p_holm) + (" ✱" if r.reject else "") if r.role == "primary" else "—"
         short = f"{r.seeds_short} ({r.min_common_kl:.2f})" if r.seeds_short else "0"
-        lines.append(f"| {role} | {r.regime} | {r.arm} − {r.baseline} | {r.metric}, KL 0–{r.kl_max:g} | {r.n_pairs} | "
+        note = f" ({r.note})" if isinstance(r.note, str) and r.note else ""
+        lines.append(f"| {role} | {r.regime} | {r.arm} − {r.baseline}{note} | {r.metric}, KL 0–{r.kl_max:g} | {r.n_pairs} | "
                      f"{r.arm_mean:.3f} | {r.baseline_mean:.3f} | {fmt_diff(r.diff, r.ci95)} | {fmt_p(r.p)} | {holm_p} | "
                      f"{'—' if math.isnan(r.dz) else f'{r.dz:+.2f}'} | {fmt_diff(r.welch_diff, r.welch_ci95)} | {short} |")
     return lines
