@@ -38,6 +38,13 @@ def toy() -> dict:
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    """As on a submitting host with network: HF_HUB_OFFLINE (which the offline-cache check reads) unset,
+    whatever an earlier test left in this process's environment."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
 @pytest.fixture
 def packages(monkeypatch):
     """packages(missing=[...], present=[...]): find_spec answers None for `missing`, a spec for `present`,
