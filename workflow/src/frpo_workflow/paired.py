@@ -37,6 +37,7 @@ import pandas as pd
 
 from .report import KL, RUN, ReportSpec, method_label
 from .stats import Estimate, auc, diff_ci, holm, mean_ci, paired_test, value_at
+from .tables import _write  # one way to write a table's .csv and .md
 
 # Judges that describe how a refusal is built (judges.rules): the mechanism table reads the metrics using them.
 MECHANISM_JUDGES = ("deep_refusal", "shallow_refusal", "affirmative_opening", "refusal_given_affirmative")
@@ -248,15 +249,6 @@ def paired_at_kl(points: pd.DataFrame, spec: PairedSpec, levels) -> pd.DataFrame
                             "welch_diff": welch.mean, "welch_ci95": welch.half_width})
     return pd.DataFrame(out, columns=["role", "model", "regime", "metric", "kl", "arm", "baseline", "seeds",
                                       "seeds_reaching", "diff", "ci95", "p", "n_pairs", "welch_diff", "welch_ci95"])
-
-
-def _write(out_dir, name: str, csv: pd.DataFrame, md: str) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    csv.to_csv(csv_path, index=False)
-    md_path.write_text(md + "\n")
-    return csv_path, md_path
 
 
 def write_paired(points: pd.DataFrame, spec: PairedSpec, report_spec: ReportSpec, out_dir) -> list[Path]:
@@ -533,10 +525,6 @@ def plot_paired_vs_kl(points: pd.DataFrame, spec: PairedSpec, out_png: str | os.
 
 
 def _save(fig, out_png) -> Path:
-    import matplotlib.pyplot as plt
+    from .plots import _save as save  # matplotlib loads with the figures, not with this module
 
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out_png)
